@@ -1,0 +1,136 @@
+"""Settings read from environment variables and checked at start.
+
+Every setting has an environment variable; ``Settings.from_env`` reads them
+all at once and raises ``ConfigurationError`` naming the variable, the value
+and the fix, so that a bad deployment fails at start instead of mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from processor.errors import ConfigurationError
+
+DEFAULT_API_URL = "https://api.buttondown.com/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Runtime settings of the processor, one field per environment variable."""
+
+    api_key: str | None = None
+    api_url: str = DEFAULT_API_URL
+    api_version: str | None = None
+    redis_url: str | None = None
+    sentry_dsn: str | None = None
+    state_dir: Path = Path(".processor")
+    poll_min_delay: float = 2.0
+    poll_max_delay: float = 60.0
+    poll_deadline: float = 3600.0
+    http_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings from ``environ`` (``os.environ``)."""
+        env = os.environ if environ is None else environ
+
+        settings = cls(
+            api_key=_optional(env, "BUTTONDOWN_API_KEY"),
+            api_url=_api_url(env.get("BUTTONDOWN_API_URL") or DEFAULT_API_URL),
+            api_version=_optional(env, "BUTTONDOWN_API_VERSION"),
+            redis_url=_redis_url(_optional(env, "REDIS_URL")),
+            sentry_dsn=_optional(env, "SENTRY_DSN"),
+            state_dir=_state_dir(env),
+            poll_min_delay=_seconds(env, "PROCESSOR_POLL_MIN_DELAY", 2.0),
+            poll_max_delay=_seconds(env, "PROCESSOR_POLL_MAX_DELAY", 60.0),
+            poll_deadline=_seconds(env, "PROCESSOR_POLL_DEADLINE", 3600.0),
+            http_timeout=_seconds(env, "PROCESSOR_HTTP_TIMEOUT", 30.0),
+        )
+
+        if settings.poll_min_delay > settings.poll_max_delay:
+            raise ConfigurationError(
+                f"PROCESSOR_POLL_MIN_DELAY ({settings.poll_min_delay:g}) is larger "
+                f"than PROCESSOR_POLL_MAX_DELAY ({settings.poll_max_delay:g}); "
+                "set the minimum at or below the maximum."
+            )
+        return settings
+
+    def require_api_key(self) -> str:
+        """Return the API key, or raise when it is not set."""
+        if not self.api_key:
+            raise ConfigurationError(
+                "BUTTONDOWN_API_KEY is not set; copy the key from Buttondown's "
+                "settings page (Settings > API) into BUTTONDOWN_API_KEY, or run "
+                "with --sandbox to use the local sandbox API."
+            )
+        return self.api_key
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _api_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"BUTTONDOWN_API_URL {value!r} is not an http(s) URL; set it to "
+            f"{DEFAULT_API_URL} or leave it unset."
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"BUTTONDOWN_API_URL {value!r} has a query or fragment; set it to "
+            f"the API root only, such as {DEFAULT_API_URL}."
+        )
+    return value.strip().rstrip("/")
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+
+    scheme = urlsplit(value).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        # The value may hold a password, so only the scheme is shown.
+        raise ConfigurationError(
+            f"REDIS_URL has the scheme {scheme!r}; use redis://, rediss:// or "
+            "unix://, or unset REDIS_URL to run on the embedded broker."
+        )
+    return value
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    value = _optional(env, "PROCESSOR_STATE_DIR")
+    if value is None:
+        return Path(".processor")
+    return Path(value).expanduser()
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _optional(env, name)
+    if value is None:
+        return default
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} is {value!r}, not a number of seconds; set it to a number "
+            f"such as {default:g}."
+        ) from None
+
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigurationError(
+            f"{name} is {value!r}; set it to a positive number of seconds such "
+            f"as {default:g}."
+        )
+    return seconds

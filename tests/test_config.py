@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from processor.config import DEFAULT_API_URL, Settings
+from processor.errors import ConfigurationError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.api_url == DEFAULT_API_URL
+    assert settings.api_key is None
+    assert settings.redis_url is None
+    assert settings.sentry_dsn is None
+    assert settings.api_version is None
+    assert settings.state_dir == Path(".processor")
+
+
+def test_reads_every_variable() -> None:
+    settings = Settings.from_env(
+        {
+            "BUTTONDOWN_API_KEY": "key",
+            "BUTTONDOWN_API_URL": "https://api.buttondown.email/v1/",
+            "BUTTONDOWN_API_VERSION": "2026-04-01",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "SENTRY_DSN": "https://public@sentry.example/1",
+            "PROCESSOR_STATE_DIR": "/var/lib/processor",
+            "PROCESSOR_POLL_MIN_DELAY": "0.5",
+            "PROCESSOR_POLL_MAX_DELAY": "30",
+            "PROCESSOR_POLL_DEADLINE": "7200",
+        }
+    )
+
+    assert settings.api_key == "key"
+    assert settings.api_url == "https://api.buttondown.email/v1"
+    assert settings.api_version == "2026-04-01"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.sentry_dsn == "https://public@sentry.example/1"
+    assert settings.state_dir == Path("/var/lib/processor")
+    assert settings.poll_min_delay == 0.5
+    assert settings.poll_max_delay == 30
+    assert settings.poll_deadline == 7200
+
+
+def test_blank_values_are_unset() -> None:
+    settings = Settings.from_env({"BUTTONDOWN_API_KEY": "  ", "REDIS_URL": ""})
+
+    assert settings.api_key is None
+    assert settings.redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BUTTONDOWN_API_URL", "ftp://api.buttondown.com", "BUTTONDOWN_API_URL 'ftp"),
+        ("BUTTONDOWN_API_URL", "api.buttondown.com/v1", "not an http"),
+        ("BUTTONDOWN_API_URL", "https://api.buttondown.com/v1?x=1", "query"),
+        ("REDIS_URL", "http://127.0.0.1:6379", "scheme 'http'"),
+        ("PROCESSOR_POLL_MIN_DELAY", "soon", "PROCESSOR_POLL_MIN_DELAY is 'soon'"),
+        ("PROCESSOR_POLL_DEADLINE", "-5", "PROCESSOR_POLL_DEADLINE is '-5'"),
+        ("PROCESSOR_POLL_MAX_DELAY", "nan", "PROCESSOR_POLL_MAX_DELAY is 'nan'"),
+        ("PROCESSOR_POLL_MAX_DELAY", "1", "larger than PROCESSOR_POLL_MAX_DELAY"),
+    ],
+)
+def test_invalid_value_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("?", r"\?")):
+        Settings.from_env({name: value})
+
+
+def test_redis_password_not_in_error() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"REDIS_URL": "http://user:hunter2@127.0.0.1:6379"})
+
+    assert "hunter2" not in str(caught.value)
+
+
+def test_missing_api_key_explains_fix() -> None:
+    with pytest.raises(ConfigurationError, match="BUTTONDOWN_API_KEY is not set"):
+        Settings.from_env({}).require_api_key()
