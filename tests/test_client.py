@@ -1,0 +1,192 @@
+"""The Exports API client over real HTTP: the sandbox, and canned responses."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.api import Export, ExportsClient
+from processor.errors import ApiError, TransientApiError
+from processor.sandbox import SandboxServer
+from tests.httpstub import Canned, serve
+
+EXPORT = (
+    b'{"id": "exp_1", "creation_date": "2019-08-24T14:15:22Z", '
+    b'"status": "%s", "url": null}'
+)
+OLD_SAMPLE = (
+    b'{"id": "497f6eca-6276-4993-bfeb-53cbbbba6f08", '
+    b'"url": "s3://buttondown/path-to-export", "status": "completed", '
+    b'"creation_date": "2019-08-24T14:15:22Z", '
+    b'"completion_date": "2019-08-24T15:15:22Z"}'
+)
+HTML = {"Content-Type": "text/html"}
+
+
+def get_canned(canned: Canned, export_id: str = "exp_1") -> Export:
+    """Serve ``canned`` for one export and retrieve it with the client."""
+    with (
+        serve({f"/v1/exports/{export_id}": canned}) as stub,
+        client_for(f"{stub.url}/v1") as client,
+    ):
+        return client.get_export(export_id)
+
+
+def client_for(
+    url: str, api_key: str = "test-key", api_version: str | None = None
+) -> ExportsClient:
+    return ExportsClient(
+        api_url=url, api_key=api_key, api_version=api_version, timeout=5
+    )
+
+
+def test_create_export(sandbox: SandboxServer) -> None:
+    with client_for(sandbox.api_url) as client:
+        export = client.create_export(
+            ["events"], parameters={"date": ["2024-12-03", None]}
+        )
+
+    assert export.id.startswith("exp_")
+    assert export.status == "not_started"
+    assert export.collections == ["events"]
+    assert export.parameters == {"date": ["2024-12-03", None]}
+    assert export.url is None
+
+
+def test_get_export_until_ready(sandbox: SandboxServer) -> None:
+    with client_for(sandbox.api_url) as client:
+        created = client.create_export(["events"])
+        statuses = [client.get_export(created.id).state for _ in range(2)]
+        ready = client.get_export(created.id)
+
+    assert statuses == ["in_progress", "ready"]
+    assert ready.url is not None
+    assert ready.completion_date is not None
+
+
+def test_list_follows_next_pages() -> None:
+    with (
+        SandboxServer(events=1, page_size=2) as server,
+        client_for(server.api_url) as client,
+    ):
+        created = {client.create_export(["events"]).id for _ in range(5)}
+        listed = [export.id for export in client.list_exports()]
+
+    assert len(listed) == 5
+    assert set(listed) == created
+
+
+def test_unknown_export_raises_404(sandbox: SandboxServer) -> None:
+    with client_for(sandbox.api_url) as client, pytest.raises(ApiError) as caught:
+        client.get_export("exp_unknown")
+
+    assert caught.value.status == 404
+    assert not isinstance(caught.value, TransientApiError)
+
+
+def test_empty_collections_code(sandbox: SandboxServer) -> None:
+    with client_for(sandbox.api_url) as client, pytest.raises(ApiError) as caught:
+        client.create_export([])
+
+    assert caught.value.status == 400
+    assert caught.value.code == "collection_empty_invalid"
+    assert "collection_empty_invalid" in str(caught.value)
+
+
+def test_validation_error_shows_loc_and_msg(sandbox: SandboxServer) -> None:
+    with client_for(sandbox.api_url) as client, pytest.raises(ApiError) as caught:
+        client.create_export(["events"], export_format="xml")
+
+    assert caught.value.status == 422
+    assert "format" in str(caught.value)
+
+
+def test_wrong_key_message_has_no_key() -> None:
+    with (
+        SandboxServer(events=1, api_key="right-key") as server,
+        client_for(server.api_url, api_key="wrong-secret-key") as client,
+        pytest.raises(ApiError) as caught,
+    ):
+        client.create_export(["events"])
+
+    assert caught.value.status == 403
+    assert "BUTTONDOWN_API_KEY" in str(caught.value)
+    assert "wrong-secret-key" not in str(caught.value)
+
+
+def test_sends_token_and_version_headers() -> None:
+    with (
+        serve({"/v1/exports/exp_1": Canned(body=EXPORT % b"ready")}) as stub,
+        client_for(f"{stub.url}/v1", api_version="2026-04-01") as client,
+    ):
+        client.get_export("exp_1")
+
+    _, _, headers = stub.requests[0]
+    assert headers["Authorization"] == "Token test-key"
+    assert headers["X-API-Version"] == "2026-04-01"
+
+
+def test_completed_read_as_ready() -> None:
+    export = get_canned(Canned(body=EXPORT % b"completed"))
+
+    assert export.status == "completed"
+    assert export.state == "ready"
+    assert export.is_known_status
+
+
+def test_unknown_status_kept() -> None:
+    export = get_canned(Canned(body=EXPORT % b"queued_for_later"))
+
+    assert export.state == "queued_for_later"
+    assert not export.is_known_status
+
+
+def test_old_sample_without_collections() -> None:
+    export = get_canned(Canned(body=OLD_SAMPLE), export_id="old")
+
+    assert export.collections == []
+    assert export.state == "ready"
+
+
+def test_server_error_is_transient() -> None:
+    canned = Canned(status=503, body=b"<html>busy</html>", headers=HTML)
+    with pytest.raises(TransientApiError) as caught:
+        get_canned(canned)
+
+    assert caught.value.status == 503
+    assert "busy" in str(caught.value)
+
+
+def test_html_200_is_transient_with_excerpt() -> None:
+    with pytest.raises(TransientApiError) as caught:
+        get_canned(Canned(body=b"<html>maintenance</html>", headers=HTML))
+
+    assert "maintenance" in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def test_empty_object_200_is_transient() -> None:
+    with pytest.raises(TransientApiError):
+        get_canned(Canned(body=b"{}"))
+
+
+def test_connection_refused_is_transient() -> None:
+    with serve({}) as stub:
+        url = stub.url
+    with client_for(f"{url}/v1") as client, pytest.raises(TransientApiError):
+        client.get_export("exp_1")
+
+
+def test_next_link_to_other_host_refused() -> None:
+    page = (
+        b'{"results": [], "count": 3, '
+        b'"next": "http://attacker.invalid/v1/exports?page=2"}'
+    )
+    refused = pytest.raises(ApiError, match="refusing to send the API key")
+    with (
+        serve({"/v1/exports": Canned(body=page)}) as stub,
+        client_for(f"{stub.url}/v1") as client,
+        refused,
+    ):
+        list(client.list_exports())
+
+    assert len(stub.requests) == 1
