@@ -1,0 +1,112 @@
+"""Safe parsing of the ``metadata`` column of an events export.
+
+Buttondown's dashboard export writes metadata as a Python dict literal with
+single quotes (``{'client_os': 'Windows', 'country': ''}``), while the API
+returns JSON objects. Both forms are read here without evaluating code: the
+literal form is scanned token by token and only flat dicts whose keys are
+strings and whose values are strings, numbers, booleans or ``None`` are
+accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import msgspec
+
+from processor.events import MetadataValue
+
+_STRING = r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\""""
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_PAIR = re.compile(
+    rf"\s*(?P<key>{_STRING})\s*:\s*"
+    rf"(?P<value>{_STRING}|{_NUMBER}|True|False|None)\s*(?P<end>,|\}})"
+)
+_EMPTY_END = re.compile(r"\s*\}\s*$")
+
+_json_decoder = msgspec.json.Decoder(dict[str, MetadataValue])
+
+
+def parse_metadata(text: str) -> dict[str, MetadataValue]:
+    """Parse a metadata cell, raising ``ValueError`` with the reason.
+
+    An empty cell is an empty dict.
+    """
+    text = text.strip()
+    if not text:
+        return {}
+
+    if not text.startswith("{"):
+        raise ValueError(f"metadata does not start with '{{': {_excerpt(text)}")
+
+    if text.startswith('{"'):
+        try:
+            return _json_decoder.decode(text)
+        except msgspec.DecodeError:
+            # Fall through: a Python literal may also start with a double quote.
+            pass
+
+    return _parse_literal(text)
+
+
+def _parse_literal(text: str) -> dict[str, MetadataValue]:
+    result: dict[str, MetadataValue] = {}
+    position = 1
+
+    if _EMPTY_END.match(text, position):
+        return result
+
+    while True:
+        match = _PAIR.match(text, position)
+        if match is None:
+            raise ValueError(
+                f"metadata is not a flat dict literal near offset {position}: "
+                f"{_excerpt(text[position:])}"
+            )
+
+        key = _string_value(match["key"])
+        result[key] = _scalar_value(match["value"])
+        position = match.end()
+
+        if match["end"] == "}":
+            break
+        if _EMPTY_END.match(text, position):
+            # A trailing comma before the closing brace, as Python allows.
+            return result
+
+    if text[position:].strip():
+        raise ValueError(f"metadata has text after its closing brace: {_excerpt(text)}")
+    return result
+
+
+def _string_value(token: str) -> str:
+    if "\\" not in token:
+        return token[1:-1]
+
+    # The regex has matched exactly one string literal, so literal_eval only
+    # decodes its escapes here and cannot run code.
+    value = ast.literal_eval(token)
+    assert isinstance(value, str)
+    return value
+
+
+def _scalar_value(token: str) -> MetadataValue:
+    first = token[0]
+    if first in "'\"":
+        return _string_value(token)
+    if token == "True":
+        return True
+    if token == "False":
+        return False
+    if token == "None":
+        return None
+    if "." in token or "e" in token or "E" in token:
+        return float(token)
+    return int(token)
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + "..."
