@@ -1,0 +1,3 @@
+from processor.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""Wiring: the broker, the run store and the actors for one process.
+
+With ``REDIS_URL`` set, messages go through Redis and run records live in
+Redis, so that worker processes elsewhere do the work. Without it, an
+in-process broker and worker run the same actors in this process and run
+records are JSON files under ``PROCESSOR_STATE_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from processor.actors import PipelineActors
+from processor.config import Settings
+from processor.state import FileRunStore, RedisRunStore, Run, RunStore
+
+logger = logging.getLogger(__name__)
+
+# Worker threads of the embedded worker. One run's pipeline uses one thread
+# at a time, so a few threads leave room for retries and concurrent runs.
+EMBEDDED_WORKER_THREADS = 4
+EMBEDDED_WORKER_TIMEOUT_MS = 100
+
+
+class App:
+    """The broker, store and actors built from one ``Settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded = settings.redis_url is None
+
+        self.broker: dramatiq.Broker
+        self.store: RunStore
+        if settings.redis_url is None:
+            self.broker = StubBroker()
+            self.store = FileRunStore(settings.state_dir / "runs")
+        else:
+            self.broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
+            self.store = RedisRunStore(redis.Redis.from_url(settings.redis_url))
+
+        dramatiq.set_broker(self.broker)
+        self.actors = PipelineActors(self.broker, settings, self.store)
+        self._worker: dramatiq.Worker | None = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start_embedded_worker(self) -> None:
+        """Start a worker in this process; only for the embedded broker."""
+        if not self.embedded:
+            raise RuntimeError("the embedded worker runs only without REDIS_URL")
+        if self._worker is None:
+            # A short consumer timeout lets the worker stop within a fraction
+            # of a second once the run is over.
+            self._worker = dramatiq.Worker(
+                self.broker,
+                worker_threads=EMBEDDED_WORKER_THREADS,
+                worker_timeout=EMBEDDED_WORKER_TIMEOUT_MS,
+            )
+            self._worker.start()
+
+    def close(self) -> None:
+        """Stop the embedded worker, if any, and close the broker."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self.broker.close()
+
+    def wait(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        interval: float = 0.2,
+        on_change: Callable[[Run], None] | None = None,
+    ) -> Run:
+        """Block until run ``run_id`` finishes and return its record.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.store.get(run_id)
+            if run is None:
+                raise KeyError(run_id)
+            if on_change is not None:
+                on_change(run)
+            if run.finished:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {run_id} is still {run.status} after {timeout:g} seconds"
+                )
+            time.sleep(interval)

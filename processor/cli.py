@@ -1,0 +1,285 @@
+"""The ``processor`` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from processor.config import Settings
+from processor.errors import ConfigurationError, ProcessorError
+from processor.logs import configure_logging
+from processor.report import Progress, summary_json, summary_text
+from processor.state import FileRunStore, Run, new_run_id
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SANDBOX_EVENTS = 10_000
+
+
+def main() -> None:
+    """Run the command line, turning configuration errors into exit code 2."""
+    try:
+        cli(standalone_mode=True)
+    except ConfigurationError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="buttondown-processor")
+@click.option(
+    "--log-level",
+    default=None,
+    help="Log level: DEBUG, INFO, WARNING or ERROR. "
+    "[default: PROCESSOR_LOG_LEVEL or INFO]",
+)
+def cli(log_level: str | None) -> None:
+    """Process Buttondown email events: export, poll, download, parse, dispatch."""
+    configure_logging(log_level)
+
+
+@cli.command()
+@click.option(
+    "--sandbox", is_flag=True, help="Start the local sandbox API and run against it."
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SANDBOX_EVENTS,
+    show_default=True,
+    help="Events in the sandbox's export (with --sandbox).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for the run before giving up. "
+    "[default: PROCESSOR_POLL_DEADLINE plus an hour]",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as one JSON object on the last line.",
+)
+def run(sandbox: bool, events: int, timeout: float | None, as_json: bool) -> None:
+    """Run the whole pipeline once and wait for it to finish."""
+    from processor.app import App
+    from processor.sentry import init_sentry
+
+    settings = Settings.from_env()
+    init_sentry(settings)
+
+    with _sandbox_settings(settings, sandbox, events) as settings:
+        if settings.redis_url is None:
+            logger.info(
+                "Running on the embedded broker; run records go to %s.",
+                settings.state_dir / "runs",
+            )
+        else:
+            logger.info("Running on the Redis broker; a worker process does the work.")
+
+        settings.require_api_key()
+        with App(settings) as app:
+            if app.embedded:
+                app.start_embedded_worker()
+            started = app.actors.start_run()
+            finished = _wait(
+                app, started.run_id, timeout or settings.poll_deadline + 3600
+            )
+
+    _print_summary(finished, as_json)
+    sys.exit(0 if finished.status == "succeeded" else 1)
+
+
+@contextlib.contextmanager
+def _sandbox_settings(
+    settings: Settings, sandbox: bool, events: int
+) -> Iterator[Settings]:
+    if not sandbox:
+        yield settings
+        return
+
+    from processor.sandbox import SandboxServer
+
+    if settings.redis_url is not None:
+        logger.warning("--sandbox runs on the embedded broker; REDIS_URL is ignored.")
+
+    with SandboxServer(events=events) as server:
+        logger.info("Sandbox API serving %d events at %s.", events, server.api_url)
+        yield settings.replace(
+            api_url=server.api_url,
+            api_key=settings.api_key or "sandbox",
+            redis_url=None,
+        )
+
+
+def _wait(app: Any, run_id: str, timeout: float) -> Run:
+    progress = Progress()
+    try:
+        return app.wait(run_id, timeout=timeout, on_change=progress.show_run)  # type: ignore[no-any-return]
+    except TimeoutError as error:
+        raise click.ClickException(
+            f"{error}; check that a worker is running (`dramatiq processor.worker`) "
+            "or pass a larger --timeout."
+        ) from None
+    finally:
+        progress.finish()
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as one JSON object on the last line.",
+)
+def replay(file: Path, as_json: bool) -> None:
+    """Run the plugins over a local export FILE, such as a dashboard CSV."""
+    from processor.plugins import Dispatcher, RunInfo, load_plugins
+    from processor.processing import process_file
+
+    settings = Settings.from_env()
+    store = FileRunStore(settings.state_dir / "runs")
+    run = Run(run_id=new_run_id(), status="processing")
+    store.create(run)
+
+    progress = Progress()
+    try:
+        summary = process_file(
+            file,
+            Dispatcher(load_plugins()),
+            RunInfo(run_id=run.run_id),
+            on_progress=lambda current: progress.show_events(current.events),
+        )
+    except ProcessorError as error:
+        reason = str(error)
+        run = store.update(run.run_id, lambda current: current.fail(reason))
+    else:
+
+        def finish(current: Run) -> None:
+            current.events = summary.events
+            current.rejected = summary.rejected
+            current.event_types = summary.event_types
+            current.plugins = summary.plugins
+            current.succeed()
+
+        run = store.update(run.run_id, finish)
+    finally:
+        progress.finish()
+
+    _print_summary(run, as_json)
+    sys.exit(0 if run.status == "succeeded" else 1)
+
+
+@cli.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8025,
+    show_default=True,
+    help="TCP port on 127.0.0.1; 0 picks a free one.",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SANDBOX_EVENTS,
+    show_default=True,
+    help="Events in each generated export.",
+)
+@click.option(
+    "--polls-to-ready",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Retrieves of an export before it turns ready.",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    help="Accept only this API key. [default: any non-empty key]",
+)
+def sandbox(port: int, events: int, polls_to_ready: int, api_key: str | None) -> None:
+    """Serve a Buttondown-compatible Exports API on 127.0.0.1."""
+    from processor.sandbox import SandboxServer
+
+    server = SandboxServer(
+        port=port, events=events, polls_to_ready=polls_to_ready, api_key=api_key
+    )
+    click.echo(
+        f"Sandbox Exports API at {server.api_url} ({events:,} events per export)."
+    )
+    click.echo(f"Point the processor at it with BUTTONDOWN_API_URL={server.api_url}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many runs to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List recent runs, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    recent = _store(Settings.from_env()).recent(limit)
+    if as_json:
+        click.echo(msgspec.json.encode(recent).decode())
+        return
+    for run in recent:
+        click.echo(
+            f"{run.run_id}  {run.status:<10}  {run.export_id or '-':<32}  "
+            f"{run.events:>10,} events"
+        )
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show one run: status, export id, counts and last error."""
+    run = _store(Settings.from_env()).get(run_id)
+    if run is None:
+        raise click.ClickException(
+            f"no run has the id {run_id!r}; `processor runs` lists recent ones."
+        )
+    if as_json:
+        click.echo(msgspec.json.encode(run).decode())
+    else:
+        click.echo(summary_text(run))
+
+
+def _store(settings: Settings) -> Any:
+    if settings.redis_url is None:
+        return FileRunStore(settings.state_dir / "runs")
+
+    import redis
+
+    from processor.state import RedisRunStore
+
+    return RedisRunStore(redis.Redis.from_url(settings.redis_url))
+
+
+def _print_summary(run: Run, as_json: bool) -> None:
+    click.echo(summary_text(run))
+    if as_json:
+        click.echo(summary_json(run))

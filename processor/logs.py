@@ -1,0 +1,19 @@
+"""Logging set-up for the command line and the workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Send log records to stderr at ``level`` (``PROCESSOR_LOG_LEVEL``, INFO)."""
+    name = (level or os.environ.get("PROCESSOR_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(level=getattr(logging, name, logging.INFO), format=LOG_FORMAT)
+
+    # httpx logs every request URL at INFO, and a download URL carries its
+    # presigned credentials in the query string.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,213 @@
+"""Run state: one record per run, in Redis or in local files.
+
+A run record contains the run id, the export id, the status, the counts and
+the last error. ``RedisRunStore`` keeps records in Redis for workers on a
+Redis broker; ``FileRunStore`` keeps them as JSON files for the embedded
+mode, so that a later command on the same machine can read them. Both apply
+updates atomically: ``update`` reads, changes and writes a record under a
+lock (a file lock, or Redis ``WATCH``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import msgspec
+import redis
+
+from processor.plugins import PluginCounts
+
+QUEUED = "queued"
+EXPORTING = "exporting"
+WAITING = "waiting"
+PROCESSING = "processing"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """Return a new run id that sorts by creation time.
+
+    The form is ``run_20261204T153012_1a2b3c``: UTC time, then 24 random bits.
+    """
+    return f"run_{utc_now():%Y%m%dT%H%M%S}_{secrets.token_hex(3)}"
+
+
+class Run(msgspec.Struct, kw_only=True):
+    """The state of one run of the pipeline."""
+
+    run_id: str
+    status: str = QUEUED
+    collection: str = "events"
+    parameters: dict[str, Any] | None = None
+    export_id: str | None = None
+    export_status: str | None = None
+    polls: int = 0
+    created_at: datetime = msgspec.field(default_factory=utc_now)
+    updated_at: datetime = msgspec.field(default_factory=utc_now)
+    finished_at: datetime | None = None
+    events: int = 0
+    rejected: int = 0
+    event_types: dict[str, int] = msgspec.field(default_factory=dict)
+    plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has succeeded or failed."""
+        return self.status in FINISHED_STATUSES
+
+    def fail(self, reason: str) -> None:
+        """Mark the run failed with ``reason``."""
+        self.status = FAILED
+        self.error = reason
+        self.finished_at = utc_now()
+
+    def succeed(self) -> None:
+        """Mark the run succeeded."""
+        self.status = SUCCEEDED
+        self.finished_at = utc_now()
+
+
+class RunNotFound(KeyError):
+    """No run has the requested id."""
+
+
+class RunStore(Protocol):
+    """Storage for run records."""
+
+    def create(self, run: Run) -> None: ...
+
+    def get(self, run_id: str) -> Run | None: ...
+
+    def update(self, run_id: str, change: Callable[[Run], None]) -> Run: ...
+
+    def recent(self, limit: int = 20) -> list[Run]: ...
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Run)
+
+
+class FileRunStore:
+    """Run records as JSON files in a directory, one file per run."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def create(self, run: Run) -> None:
+        with self._locked(run.run_id):
+            self._write(run)
+
+    def get(self, run_id: str) -> Run | None:
+        path = self._path(run_id)
+        try:
+            return _decoder.decode(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def update(self, run_id: str, change: Callable[[Run], None]) -> Run:
+        with self._locked(run_id):
+            run = self.get(run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            change(run)
+            run.updated_at = utc_now()
+            self._write(run)
+        return run
+
+    def recent(self, limit: int = 20) -> list[Run]:
+        paths = sorted(self.directory.glob("run_*.json"), reverse=True)
+        runs = (self.get(path.stem) for path in paths[:limit])
+        return [run for run in runs if run is not None]
+
+    def _path(self, run_id: str) -> Path:
+        if not run_id.startswith("run_") or "/" in run_id or os.sep in run_id:
+            raise RunNotFound(run_id)
+        return self.directory / f"{run_id}.json"
+
+    @contextlib.contextmanager
+    def _locked(self, run_id: str) -> Iterator[None]:
+        lock_path = self._path(run_id).with_suffix(".lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self, run: Run) -> None:
+        # Write to a temporary file and rename it, so a reader never sees a
+        # half-written record.
+        handle, name = tempfile.mkstemp(
+            dir=self.directory, prefix=".run-", suffix=".tmp"
+        )
+        with os.fdopen(handle, "wb") as file:
+            file.write(_encoder.encode(run))
+        os.replace(name, self._path(run.run_id))
+
+
+class RedisRunStore:
+    """Run records as JSON strings in Redis, indexed by creation time."""
+
+    KEY_PREFIX = "processor:run:"
+    INDEX_KEY = "processor:runs"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def create(self, run: Run) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.set(self._key(run.run_id), _encoder.encode(run))
+            pipe.zadd(self.INDEX_KEY, {run.run_id: run.created_at.timestamp()})
+            pipe.execute()
+
+    def get(self, run_id: str) -> Run | None:
+        raw = self.client.get(self._key(run_id))
+        if raw is None:
+            return None
+        return _decoder.decode(raw)
+
+    def update(self, run_id: str, change: Callable[[Run], None]) -> Run:
+        key = self._key(run_id)
+        updated: list[Run] = []
+
+        def apply(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                raise RunNotFound(run_id)
+            run = _decoder.decode(raw)
+            change(run)
+            run.updated_at = utc_now()
+            pipe.multi()
+            pipe.set(key, _encoder.encode(run))
+            updated.append(run)
+
+        self.client.transaction(apply, key)
+        return updated[-1]
+
+    def recent(self, limit: int = 20) -> list[Run]:
+        run_ids = cast(list[bytes], self.client.zrevrange(self.INDEX_KEY, 0, limit - 1))
+        runs = (self.get(_text(run_id)) for run_id in run_ids)
+        return [run for run in runs if run is not None]
+
+    def _key(self, run_id: str) -> str:
+        return f"{self.KEY_PREFIX}{run_id}"
+
+
+def _text(value: bytes) -> str:
+    return value.decode()

@@ -1,0 +1,115 @@
+"""The pipeline on a real redis-server, with the worker from the Procfile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from processor.sandbox import SandboxServer
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def procfile_command(process: str) -> list[str]:
+    """Return the command of ``process`` in the repository's Procfile."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            return shlex.split(command)
+    raise AssertionError(f"the Procfile has no {process!r} process")
+
+
+@pytest.fixture
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BUTTONDOWN_", "PROCESSOR_", "REDIS_URL", "SENTRY_"))
+    }
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        REDIS_URL=redis_url,
+        BUTTONDOWN_API_URL=sandbox.api_url,
+        BUTTONDOWN_API_KEY="test-key",
+        PROCESSOR_STATE_DIR=str(tmp_path / "state"),
+        PROCESSOR_ARCHIVE_DIR=str(tmp_path / "archive"),
+        PROCESSOR_POLL_MIN_DELAY="0.1",
+        PROCESSOR_POLL_MAX_DELAY="0.5",
+    )
+    return env
+
+
+@pytest.fixture
+def worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen(
+        procfile_command("worker"),
+        env=worker_env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_procfile_worker_runs_pipeline(
+    worker: subprocess.Popen[bytes], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(BIN / "processor"), "run", "--json", "--timeout", "120"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()
+    summary = json.loads(result.stdout.splitlines()[-1])
+
+    assert summary["status"] == "succeeded"
+    assert summary["events"] == 250
+    assert summary["rejected"] == 0
+    assert summary["plugins"] == {"archive": {"handled": 250, "failed": 0}}
+    assert summary["export_id"].startswith("exp_")
+
+    archived = (tmp_path / "archive").glob("events-*.jsonl")
+    assert sum(len(path.read_text().splitlines()) for path in archived) == 250
+
+
+def test_worker_refuses_missing_redis_url(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    del worker_env["REDIS_URL"]
+    result = subprocess.run(
+        [sys.executable, "-c", "import processor.worker"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "REDIS_URL is not set" in result.stderr

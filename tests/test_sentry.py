@@ -1,0 +1,103 @@
+"""Error reports to Sentry: sent when a DSN is set, with secrets filtered."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from processor.config import Settings
+from processor.sentry import FILTERED, init_sentry, scrub
+
+API_KEY = "bd-secret-key-0123456789"
+PRESIGNED = "https://bucket.example/export.zip?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
+
+
+@pytest.fixture
+def sentry_ingest() -> Iterator[tuple[str, list[bytes]]]:
+    """A stand-in for Sentry's ingest endpoint; yields a DSN and the bodies."""
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            bodies.append(body)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://publickey@127.0.0.1:{server.server_address[1]}/1", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_report_sent_without_secrets(
+    sentry_ingest: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    dsn, bodies = sentry_ingest
+    script = textwrap.dedent(
+        f"""
+        import sentry_sdk
+        from processor.config import Settings
+        from processor.sentry import init_sentry
+
+        settings = Settings(api_key={API_KEY!r}, sentry_dsn={dsn!r})
+        assert init_sentry(settings)
+
+        def fetch(headers, url):
+            auth = headers["Authorization"]
+            raise RuntimeError("download of " + url + " failed with " + auth)
+
+        try:
+            fetch({{"Authorization": "Token {API_KEY}"}}, {PRESIGNED!r})
+        except RuntimeError:
+            sentry_sdk.capture_exception()
+        sentry_sdk.flush(timeout=10)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+
+    sent = b"".join(bodies).decode()
+    assert "download of" in sent
+    assert API_KEY not in sent
+    assert "deadbeef" not in sent
+    assert "AKIAEXAMPLE" not in sent
+    assert FILTERED in sent
+
+
+def test_off_without_dsn() -> None:
+    assert init_sentry(Settings(api_key=API_KEY)) is False
+
+
+def test_scrub_nested_values() -> None:
+    event = {"message": f"key {API_KEY}", "extra": [{"url": PRESIGNED}], "count": 3}
+
+    scrubbed = scrub(event, [API_KEY])
+
+    assert scrubbed["message"] == f"key {FILTERED}"
+    assert "deadbeef" not in scrubbed["extra"][0]["url"]
+    assert scrubbed["extra"][0]["url"].startswith("https://bucket.example/export.zip?")
+    assert scrubbed["count"] == 3
