@@ -12,7 +12,7 @@ import threading
 import time
 from urllib.parse import parse_qs
 
-from processor.sandbox.store import ExportStore
+from processor.sandbox.store import Export, ExportStore
 from processor.sandbox.validation import ApiResponse, validate_export_request
 
 # Requests a minute per account, as Buttondown documents.
@@ -91,6 +91,16 @@ class ExportApi:
         if method != "GET":
             return _method_not_allowed(method, "GET")
         return self._retrieve(match["id"])
+
+    def peek(self, method: str, path: str) -> Export | None:
+        """Return the export that a retrieve request names, without advancing it.
+
+        Returns None for other requests and for an unknown export id.
+        """
+        match = _EXPORT_PATH.fullmatch(path)
+        if method != "GET" or match is None:
+            return None
+        return self.store.peek(match["id"])
 
     def _authenticate(self, authorization: str | None) -> ApiResponse | None:
         if authorization is None:

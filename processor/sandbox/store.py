@@ -114,6 +114,14 @@ class ExportStore:
             self._make_ready(record)
         return self._snapshot(record)
 
+    def peek(self, export_id: str) -> Export | None:
+        """Return the export without advancing its status, or None."""
+        with self._lock:
+            record = self._records.get(export_id)
+            if record is None:
+                return None
+            return msgspec.structs.replace(record.export)
+
     def page(self, number: int, size: int) -> tuple[int, list[Export]]:
         """Return the export count and page ``number`` (from 1), newest first."""
         with self._lock:
