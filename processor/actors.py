@@ -6,17 +6,18 @@
         -> process(run_id)  download the file, parse it, dispatch the events
 
 Every wait is a delayed message, so no worker thread sleeps while an export
-is being prepared. A fault that a later attempt may not hit (a 5xx, a
-timeout, a cut download) is raised so that dramatiq retries the message with
-backoff. When the retries run out, or on a permanent fault, the run is
-marked failed with the reason.
+is being prepared or while the API asks for patience. A transient fault (a
+429, a 5xx, a timeout, a cut download) sends the same message again after a
+backoff, up to ``PROCESSOR_MAX_RETRIES`` consecutive failures. A permanent
+fault, or one retry too many, marks the run failed with the reason.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -24,11 +25,20 @@ import dramatiq
 from processor import state
 from processor.api import ExportsClient
 from processor.api.models import ERROR, READY
+from processor.api.ratelimit import RateLimitTracker
 from processor.config import Settings
-from processor.download import download
-from processor.errors import ApiError, DownloadError, ProcessorError, TransientApiError
+from processor.download import DownloadLimits, download
+from processor.errors import (
+    ApiError,
+    DownloadExpired,
+    ExportNotFound,
+    IncompleteDownload,
+    ProcessorError,
+    TransientApiError,
+)
 from processor.plugins import Dispatcher, RunInfo, load_plugins
 from processor.processing import Summary, process_file
+from processor.retry import backoff, retry_delay
 from processor.state import Run, RunStore
 
 logger = logging.getLogger(__name__)
@@ -38,16 +48,10 @@ QUEUE_NAME = "processor"
 # minutes would cut exports of millions of events short.
 PROCESS_TIME_LIMIT_MS = 6 * 60 * 60 * 1000
 
+# Faults that a later attempt of the same step may not hit.
+RETRYABLE = (TransientApiError, IncompleteDownload, DownloadExpired)
 
-def poll_delay(attempt: int, minimum: float, maximum: float) -> float:
-    """Return the seconds to wait before poll number ``attempt`` (from 0).
-
-    The delay doubles with each attempt from ``minimum`` up to ``maximum``,
-    and is drawn from the upper half of that value so that many runs started
-    together do not poll in step.
-    """
-    ceiling = min(maximum, minimum * 2 ** min(attempt, 32))
-    return random.uniform(max(minimum, ceiling / 2), ceiling)
+Resend = Callable[[float], None]
 
 
 class PipelineActors:
@@ -58,24 +62,25 @@ class PipelineActors:
     ) -> None:
         self.settings = settings
         self.store = store
+        # One window per process: the API reports the account's window on
+        # every response, whichever thread made the request.
+        self.rate_limits = RateLimitTracker()
 
+        # dramatiq's own retries only catch what the actors do not handle,
+        # such as a lost Redis connection while a record is written.
         options: dict[str, Any] = {
             "broker": broker,
             "queue_name": QUEUE_NAME,
+            "max_retries": 3,
             "min_backoff": 1000,
             "max_backoff": 60_000,
             "on_retry_exhausted": "processor.retries_exhausted",
         }
         declare = dramatiq.actor
-        self.trigger = declare(
-            actor_name="processor.trigger", max_retries=5, **options
-        )(self._trigger)
-        self.poll = declare(actor_name="processor.poll", max_retries=5, **options)(
-            self._poll
-        )
+        self.trigger = declare(actor_name="processor.trigger", **options)(self._trigger)
+        self.poll = declare(actor_name="processor.poll", **options)(self._poll)
         self.process = declare(
             actor_name="processor.process",
-            max_retries=3,
             time_limit=PROCESS_TIME_LIMIT_MS,
             **options,
         )(self._process)
@@ -95,7 +100,7 @@ class PipelineActors:
         return run
 
     def _client(self) -> ExportsClient:
-        return ExportsClient.from_settings(self.settings)
+        return ExportsClient.from_settings(self.settings, self.rate_limits)
 
     def _trigger(self, run_id: str) -> None:
         run = self.store.get(run_id)
@@ -105,13 +110,19 @@ class PipelineActors:
             )
             return
 
+        def resend(delay: float) -> None:
+            self.trigger.send_with_options(args=(run_id,), delay=_ms(delay))
+
+        if self._throttled(run_id, resend):
+            return
+
         self._set(run_id, status=state.EXPORTING)
         try:
             with self._client() as client:
                 export = client.create_export(["events"], parameters=run.parameters)
-        except TransientApiError as error:
-            self._note_error(run_id, error)
-            raise
+        except RETRYABLE as error:
+            self._retry_later(run_id, error, resend)
+            return
         except ProcessorError as error:
             self._fail(run_id, f"Creating the events export failed: {error}")
             return
@@ -121,6 +132,7 @@ class PipelineActors:
             status=state.WAITING,
             export_id=export.id,
             export_status=export.status,
+            retries=0,
         )
         logger.info(
             "Run %s requested export %s (status %s).", run_id, export.id, export.status
@@ -149,12 +161,25 @@ class PipelineActors:
             )
             return
 
+        def resend(delay: float) -> None:
+            self.poll.send_with_options(args=(run_id, attempt), delay=_ms(delay))
+
+        if self._throttled(run_id, resend):
+            return
+
         try:
             with self._client() as client:
                 export = client.get_export(run.export_id)
-        except TransientApiError as error:
-            self._note_error(run_id, error)
-            raise
+        except RETRYABLE as error:
+            self._retry_later(run_id, error, resend)
+            return
+        except ExportNotFound:
+            self._fail(
+                run_id,
+                f"Export {run.export_id} was not found (404); it may have been "
+                "deleted. Start a new run.",
+            )
+            return
         except ApiError as error:
             self._fail(run_id, f"Checking export {run.export_id} failed: {error}")
             return
@@ -181,6 +206,7 @@ class PipelineActors:
     def _record_poll(self, run: Run, export_status: str) -> None:
         def change(current: Run) -> None:
             current.polls += 1
+            current.retries = 0
             current.export_status = export_status
 
         self.store.update(run.run_id, change)
@@ -213,11 +239,11 @@ class PipelineActors:
             self.process.send(run_id)
 
     def _send_poll(self, run_id: str, attempt: int) -> None:
-        delay = poll_delay(
+        delay = backoff(
             attempt, self.settings.poll_min_delay, self.settings.poll_max_delay
         )
         logger.debug("Run %s polls again in %.1f seconds.", run_id, delay)
-        self.poll.send_with_options(args=(run_id, attempt), delay=int(delay * 1000))
+        self.poll.send_with_options(args=(run_id, attempt), delay=_ms(delay))
 
     def _process(self, run_id: str) -> None:
         run = self.store.get(run_id)
@@ -227,27 +253,23 @@ class PipelineActors:
             )
             return
 
+        def resend(delay: float) -> None:
+            self.process.send_with_options(args=(run_id,), delay=_ms(delay))
+
+        if self._throttled(run_id, resend):
+            return
+
         try:
-            with self._client() as client:
-                export = client.get_export(run.export_id)
-            if not export.url:
-                raise DownloadError(
-                    f"export {export.id} is ready but has no download URL"
-                )
-            path = download(
-                export.url,
-                self.settings.state_dir / "downloads",
-                timeout=self.settings.http_timeout,
-            )
-        except (TransientApiError, DownloadError) as error:
-            self._note_error(run_id, error)
-            raise
+            path = self._fetch_file(run_id, run.export_id)
+        except RETRYABLE as error:
+            self._retry_later(run_id, error, resend)
+            return
         except ProcessorError as error:
             self._fail(run_id, f"Fetching export {run.export_id} failed: {error}")
             return
 
-        # NOTE: a retry after a failure in the middle of the file hands the
-        # events before the failure to the plugins a second time.
+        # NOTE: a failure in the middle of the file leaves the events before
+        # it dispatched; a later run hands them to the plugins again.
         try:
             summary = process_file(
                 path,
@@ -263,6 +285,7 @@ class PipelineActors:
 
         def finish(current: Run) -> None:
             _copy_counts(current, summary)
+            current.retries = 0
             current.succeed()
 
         self.store.update(run_id, finish)
@@ -272,6 +295,66 @@ class PipelineActors:
             summary.events,
             summary.rejected,
         )
+
+    def _fetch_file(self, run_id: str, export_id: str) -> Path:
+        """Download the export's file, with one fresh URL if the first expired."""
+        limits = DownloadLimits(
+            timeouts=self.settings.http_timeouts(),
+            deadline=self.settings.download_deadline,
+            max_bytes=self.settings.max_download_bytes,
+        )
+        directory = self.settings.state_dir / "downloads"
+
+        with self._client() as client:
+            url = _download_url(client, export_id)
+            try:
+                return download(url, directory, limits)
+            except DownloadExpired as error:
+                logger.info(
+                    "Run %s: %s Fetching export %s again for a fresh URL.",
+                    run_id,
+                    error,
+                    export_id,
+                )
+
+            return download(_download_url(client, export_id), directory, limits)
+
+    def _throttled(self, run_id: str, resend: Resend) -> bool:
+        wait = self.rate_limits.wait_time()
+        if wait <= 0:
+            return False
+
+        wait = min(wait, self.settings.max_retry_after)
+        logger.info(
+            "Run %s waits %.1f seconds for the API's rate-limit window.", run_id, wait
+        )
+        resend(wait)
+        return True
+
+    def _retry_later(self, run_id: str, error: ProcessorError, resend: Resend) -> None:
+        def count(run: Run) -> None:
+            run.retries += 1
+            run.error = str(error)
+
+        run = self.store.update(run_id, count)
+        limit = self.settings.max_retries
+        if run.retries > limit:
+            self._fail(
+                run_id,
+                f"Gave up after {limit} retries; the last error was: {error}",
+            )
+            return
+
+        delay = retry_delay(error, run.retries, self.settings)
+        logger.warning(
+            "Run %s: %s Retrying in %.1f seconds (retry %d of %d).",
+            run_id,
+            error,
+            delay,
+            run.retries,
+            limit,
+        )
+        resend(delay)
 
     def _record_counts(self, run_id: str, summary: Summary) -> None:
         self.store.update(run_id, lambda run: _copy_counts(run, summary))
@@ -285,12 +368,10 @@ class PipelineActors:
         if run is None or run.finished:
             return
 
-        reason = run.error or "an unknown error"
         self._fail(
             run_id,
-            f"{message.get('actor_name')} gave up after "
-            f"{retry_info.get('retries')} retries; "
-            f"the last error was: {reason}",
+            f"{message.get('actor_name')} failed {retry_info.get('retries')} times "
+            "with an unexpected error; see the worker log for the traceback.",
         )
 
     def _set(self, run_id: str, **fields: Any) -> None:
@@ -300,13 +381,22 @@ class PipelineActors:
 
         self.store.update(run_id, change)
 
-    def _note_error(self, run_id: str, error: Exception) -> None:
-        logger.warning("Run %s hit a retryable error: %s", run_id, error)
-        self._set(run_id, error=str(error))
-
     def _fail(self, run_id: str, reason: str) -> None:
         logger.error("Run %s failed: %s", run_id, reason)
         self.store.update(run_id, lambda run: run.fail(reason))
+
+
+def _download_url(client: ExportsClient, export_id: str) -> str:
+    export = client.get_export(export_id)
+    if not export.url:
+        raise IncompleteDownload(
+            f"export {export_id} has no download URL yet (status {export.status!r})."
+        )
+    return export.url
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 def _copy_counts(run: Run, summary: Summary) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from processor.config import Settings
 from processor.errors import ConfigurationError, ProcessorError
 from processor.logs import configure_logging
 from processor.report import Progress, summary_json, summary_text
+from processor.sandbox.faults import FAULTS
 from processor.state import FileRunStore, Run, new_run_id
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,11 @@ def cli(log_level: str | None) -> None:
 
 @cli.command()
 @click.option(
-    "--sandbox", is_flag=True, help="Start the local sandbox API and run against it."
+    "--sandbox",
+    is_flag=True,
+    help="Start the local sandbox API and run against it. Poll and retry "
+    "delays, the HTTP timeout and the download deadline shrink to suit a "
+    "local server unless their variables are set.",
 )
 @click.option(
     "--events",
@@ -55,6 +61,14 @@ def cli(log_level: str | None) -> None:
     default=DEFAULT_SANDBOX_EVENTS,
     show_default=True,
     help="Events in the sandbox's export (with --sandbox).",
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice([*FAULTS, "all"]),
+    help="Make the sandbox inject this fault (with --sandbox); repeat the "
+    "option for several, or pass 'all'.",
 )
 @click.option(
     "--timeout",
@@ -69,7 +83,13 @@ def cli(log_level: str | None) -> None:
     is_flag=True,
     help="Print the summary as one JSON object on the last line.",
 )
-def run(sandbox: bool, events: int, timeout: float | None, as_json: bool) -> None:
+def run(
+    sandbox: bool,
+    events: int,
+    faults: tuple[str, ...],
+    timeout: float | None,
+    as_json: bool,
+) -> None:
     """Run the whole pipeline once and wait for it to finish."""
     from processor.app import App
     from processor.sentry import init_sentry
@@ -77,7 +97,10 @@ def run(sandbox: bool, events: int, timeout: float | None, as_json: bool) -> Non
     settings = Settings.from_env()
     init_sentry(settings)
 
-    with _sandbox_settings(settings, sandbox, events) as settings:
+    if faults and not sandbox:
+        raise click.UsageError("--fault applies only with --sandbox.")
+
+    with _sandbox_settings(settings, sandbox, events, _expand(faults)) as settings:
         if settings.redis_url is None:
             logger.info(
                 "Running on the embedded broker; run records go to %s.",
@@ -101,24 +124,56 @@ def run(sandbox: bool, events: int, timeout: float | None, as_json: bool) -> Non
 
 @contextlib.contextmanager
 def _sandbox_settings(
-    settings: Settings, sandbox: bool, events: int
+    settings: Settings, sandbox: bool, events: int, faults: list[str]
 ) -> Iterator[Settings]:
     if not sandbox:
         yield settings
         return
 
-    from processor.sandbox import SandboxServer
+    from processor.sandbox import SandboxServer, polls_to_ready_for
 
     if settings.redis_url is not None:
         logger.warning("--sandbox runs on the embedded broker; REDIS_URL is ignored.")
 
-    with SandboxServer(events=events) as server:
+    polls = polls_to_ready_for(faults)
+    with SandboxServer(events=events, faults=faults, polls_to_ready=polls) as server:
         logger.info("Sandbox API serving %d events at %s.", events, server.api_url)
+        if faults:
+            logger.info("Sandbox faults: %s.", ", ".join(faults))
         yield settings.replace(
             api_url=server.api_url,
             api_key=settings.api_key or "sandbox",
             redis_url=None,
+            **_sandbox_delays(),
         )
+
+
+# The sandbox is local and responds at once, so waits and timeouts sized for
+# Buttondown would only slow a demo down, and the sandbox's slow and trickle
+# faults (3 seconds, and a byte every 0.25 seconds) would take minutes to
+# surface. Variables that are set still win.
+_SANDBOX_DELAYS = {
+    "PROCESSOR_POLL_MIN_DELAY": ("poll_min_delay", 0.2),
+    "PROCESSOR_POLL_MAX_DELAY": ("poll_max_delay", 1.0),
+    "PROCESSOR_RETRY_MIN_DELAY": ("retry_min_delay", 0.2),
+    "PROCESSOR_RETRY_MAX_DELAY": ("retry_max_delay", 2.0),
+    "PROCESSOR_HTTP_TIMEOUT": ("http_timeout", 2.0),
+    "PROCESSOR_DOWNLOAD_DEADLINE": ("download_deadline", 20.0),
+}
+
+
+def _sandbox_delays() -> dict[str, float]:
+    return {
+        field: seconds
+        for variable, (field, seconds) in _SANDBOX_DELAYS.items()
+        if not os.environ.get(variable, "").strip()
+    }
+
+
+def _expand(faults: tuple[str, ...]) -> list[str]:
+    if "all" in faults:
+        return list(FAULTS)
+    return list(dict.fromkeys(faults))
 
 
 def _wait(app: Any, run_id: str, timeout: float) -> Run:
@@ -203,16 +258,33 @@ def replay(file: Path, as_json: bool) -> None:
     help="Retrieves of an export before it turns ready.",
 )
 @click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice([*FAULTS, "all"]),
+    help="Inject this fault; repeat the option for several, or pass 'all'.",
+)
+@click.option(
     "--api-key",
     default=None,
     help="Accept only this API key. [default: any non-empty key]",
 )
-def sandbox(port: int, events: int, polls_to_ready: int, api_key: str | None) -> None:
+def sandbox(
+    port: int,
+    events: int,
+    polls_to_ready: int,
+    faults: tuple[str, ...],
+    api_key: str | None,
+) -> None:
     """Serve a Buttondown-compatible Exports API on 127.0.0.1."""
     from processor.sandbox import SandboxServer
 
     server = SandboxServer(
-        port=port, events=events, polls_to_ready=polls_to_ready, api_key=api_key
+        port=port,
+        events=events,
+        polls_to_ready=polls_to_ready,
+        api_key=api_key,
+        faults=_expand(faults),
     )
     click.echo(
         f"Sandbox Exports API at {server.api_url} ({events:,} events per export)."

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from processor.errors import ConfigurationError
 
 DEFAULT_API_URL = "https://api.buttondown.com/v1"
@@ -25,6 +27,7 @@ class Settings:
     api_key: str | None = None
     api_url: str = DEFAULT_API_URL
     api_version: str | None = None
+    newsletter_id: str | None = None
     redis_url: str | None = None
     sentry_dsn: str | None = None
     state_dir: Path = Path(".processor")
@@ -32,6 +35,13 @@ class Settings:
     poll_max_delay: float = 60.0
     poll_deadline: float = 3600.0
     http_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    download_deadline: float = 3600.0
+    max_download_bytes: int = 10 * 1024**3
+    max_retries: int = 8
+    retry_min_delay: float = 1.0
+    retry_max_delay: float = 60.0
+    max_retry_after: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +52,7 @@ class Settings:
             api_key=_optional(env, "BUTTONDOWN_API_KEY"),
             api_url=_api_url(env.get("BUTTONDOWN_API_URL") or DEFAULT_API_URL),
             api_version=_optional(env, "BUTTONDOWN_API_VERSION"),
+            newsletter_id=_optional(env, "BUTTONDOWN_NEWSLETTER_ID"),
             redis_url=_redis_url(_optional(env, "REDIS_URL")),
             sentry_dsn=_optional(env, "SENTRY_DSN"),
             state_dir=_state_dir(env),
@@ -49,15 +60,39 @@ class Settings:
             poll_max_delay=_seconds(env, "PROCESSOR_POLL_MAX_DELAY", 60.0),
             poll_deadline=_seconds(env, "PROCESSOR_POLL_DEADLINE", 3600.0),
             http_timeout=_seconds(env, "PROCESSOR_HTTP_TIMEOUT", 30.0),
+            connect_timeout=_seconds(env, "PROCESSOR_CONNECT_TIMEOUT", 10.0),
+            download_deadline=_seconds(env, "PROCESSOR_DOWNLOAD_DEADLINE", 3600.0),
+            max_download_bytes=_count(
+                env, "PROCESSOR_MAX_DOWNLOAD_BYTES", 10 * 1024**3, minimum=1
+            ),
+            max_retries=_count(env, "PROCESSOR_MAX_RETRIES", 8, minimum=0),
+            retry_min_delay=_seconds(env, "PROCESSOR_RETRY_MIN_DELAY", 1.0),
+            retry_max_delay=_seconds(env, "PROCESSOR_RETRY_MAX_DELAY", 60.0),
+            max_retry_after=_seconds(env, "PROCESSOR_MAX_RETRY_AFTER", 300.0),
         )
 
-        if settings.poll_min_delay > settings.poll_max_delay:
-            raise ConfigurationError(
-                f"PROCESSOR_POLL_MIN_DELAY ({settings.poll_min_delay:g}) is larger "
-                f"than PROCESSOR_POLL_MAX_DELAY ({settings.poll_max_delay:g}); "
-                "set the minimum at or below the maximum."
-            )
+        _check_order(
+            "PROCESSOR_POLL_MIN_DELAY",
+            settings.poll_min_delay,
+            "PROCESSOR_POLL_MAX_DELAY",
+            settings.poll_max_delay,
+        )
+        _check_order(
+            "PROCESSOR_RETRY_MIN_DELAY",
+            settings.retry_min_delay,
+            "PROCESSOR_RETRY_MAX_DELAY",
+            settings.retry_max_delay,
+        )
         return settings
+
+    def http_timeouts(self) -> httpx.Timeout:
+        """Return the connect, read, write and pool timeouts of API requests."""
+        return httpx.Timeout(
+            connect=self.connect_timeout,
+            read=self.http_timeout,
+            write=self.http_timeout,
+            pool=self.connect_timeout,
+        )
 
     def require_api_key(self) -> str:
         """Return the API key, or raise when it is not set."""
@@ -72,6 +107,14 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:
+    if low > high:
+        raise ConfigurationError(
+            f"{low_name} ({low:g}) is larger than {high_name} ({high:g}); set "
+            "the minimum at or below the maximum."
+        )
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:
@@ -134,3 +177,23 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
             f"as {default:g}."
         )
     return seconds
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = _optional(env, name)
+    if value is None:
+        return default
+
+    try:
+        count = int(value.replace("_", ""))
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} is {value!r}, not a whole number; set it to a number such "
+            f"as {default}."
+        ) from None
+
+    if count < minimum:
+        raise ConfigurationError(
+            f"{name} is {value!r}; set it to {minimum} or more, such as {default}."
+        )
+    return count

@@ -3,43 +3,58 @@
 The file lives on a storage host (S3 in production) behind a presigned URL.
 The request carries no ``Authorization`` header and no API key, because the
 URL carries its own signature and presigned requests reject a second
-credential. The URL's query string is that credential, so it never appears
-in a log line or an error message.
+credential. The URL is requested exactly as given, its percent-escapes
+untouched, because the signature covers them. Its query string is a
+credential too, so it never appears in a log line or an error message.
+
+A download either returns the path of a complete file or raises a branch of
+``DownloadError`` and leaves nothing behind, so a partial file is never
+parsed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
 
-from processor.errors import DownloadError
+from processor.errors import (
+    DownloadExpired,
+    DownloadRejected,
+    IncompleteDownload,
+)
+from processor.redact import install_log_redaction, redact_url
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 16
+
+install_log_redaction()
+
 MAX_REDIRECTS = 5
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with its query string and credentials removed."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    suffix = "?..." if parts.query else ""
-    return f"{parts.scheme}://{host}{parts.path}{suffix}"
+@dataclasses.dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds on one download: per-operation timeouts, total time and size."""
+
+    timeouts: httpx.Timeout = dataclasses.field(
+        default_factory=lambda: httpx.Timeout(30.0)
+    )
+    deadline: float = 3600.0
+    max_bytes: int = 10 * 1024**3
 
 
-def check_download_url(url: str) -> None:
-    """Raise ``DownloadError`` unless ``url`` is https, or http on loopback."""
-    parts = urlsplit(url)
+def check_download_url(url: str | httpx.URL) -> None:
+    """Raise ``DownloadRejected`` unless ``url`` is https, or http on loopback."""
+    parts = urlsplit(str(url))
     host = parts.hostname or ""
 
     if parts.scheme == "https" and host:
@@ -47,7 +62,7 @@ def check_download_url(url: str) -> None:
     if parts.scheme == "http" and _is_loopback(host):
         return
 
-    raise DownloadError(
+    raise DownloadRejected(
         f"export URL {redact_url(url)} is not downloadable: only https URLs "
         "(and http on a loopback address) are fetched. Buttondown hands out "
         "https URLs for ready exports; if this export shows another kind, "
@@ -55,13 +70,9 @@ def check_download_url(url: str) -> None:
     )
 
 
-def download(url: str, directory: Path, *, timeout: float = 30.0) -> Path:
-    """Stream ``url`` into a new file in ``directory`` and return its path.
-
-    The file is complete when this returns: a body shorter than its
-    ``Content-Length`` raises ``DownloadError`` and the partial file is
-    removed.
-    """
+def download(url: str, directory: Path, limits: DownloadLimits | None = None) -> Path:
+    """Stream ``url`` into a new file in ``directory`` and return its path."""
+    limits = limits or DownloadLimits()
     check_download_url(url)
     directory.mkdir(parents=True, exist_ok=True)
     safe_url = redact_url(url)
@@ -70,7 +81,7 @@ def download(url: str, directory: Path, *, timeout: float = 30.0) -> Path:
     path = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:
-            size = _stream_to(url, file, safe_url, timeout)
+            size = _stream_to(url, file, safe_url, limits)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -81,40 +92,90 @@ def download(url: str, directory: Path, *, timeout: float = 30.0) -> Path:
     return final
 
 
-def _stream_to(url: str, file: IO[bytes], safe_url: str, timeout: float) -> int:
-    # httpx.URL keeps the percent-escapes of a presigned URL as given.
+def _stream_to(url: str, file: IO[bytes], safe_url: str, limits: DownloadLimits) -> int:
+    started = time.monotonic()
+
+    # Every request of the redirect chain is checked, so a redirect cannot
+    # lead to plain http on a public host or to another scheme.
     with httpx.Client(
-        timeout=httpx.Timeout(timeout),
+        timeout=limits.timeouts,
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
+        event_hooks={"request": [lambda request: check_download_url(request.url)]},
     ) as client:
         try:
             with client.stream("GET", httpx.URL(url)) as response:
-                if not response.is_success:
-                    raise DownloadError(
-                        f"GET {safe_url} returned {response.status_code}; the export "
-                        "URL may have expired."
-                    )
-
-                expected = _content_length(response)
+                _check_response(response, safe_url, limits)
                 size = 0
                 # iter_bytes undoes a Content-Encoding such as gzip, so the
-                # file on disk is the export itself.
-                for chunk in response.iter_bytes(CHUNK_SIZE):
+                # file on disk is the export itself. Without a chunk size it
+                # yields each read as it arrives, so the deadline is checked
+                # even while a server trickles bytes.
+                for chunk in response.iter_bytes():
                     file.write(chunk)
                     size += len(chunk)
+                    _check_progress(size, started, safe_url, limits)
                 received = response.num_bytes_downloaded
+                expected = _content_length(response)
+        except httpx.TooManyRedirects:
+            raise DownloadRejected(
+                f"GET {safe_url} redirected more than {MAX_REDIRECTS} times."
+            ) from None
+        except httpx.TimeoutException as error:
+            raise IncompleteDownload(
+                f"GET {safe_url} timed out ({type(error).__name__})."
+            ) from None
         except httpx.HTTPError as error:
-            raise DownloadError(
+            raise IncompleteDownload(
                 f"GET {safe_url} failed: {type(error).__name__}."
             ) from None
 
     if expected is not None and received != expected:
-        raise DownloadError(
+        raise IncompleteDownload(
             f"GET {safe_url} ended after {received} of {expected} bytes; the "
             "download is incomplete."
         )
     return size
+
+
+def _check_response(
+    response: httpx.Response, safe_url: str, limits: DownloadLimits
+) -> None:
+    status = response.status_code
+    if status in (403, 404, 410):
+        raise DownloadExpired(
+            f"GET {safe_url} returned {status}; the download URL has expired "
+            "or was revoked."
+        )
+    if status in (408, 429) or status >= 500:
+        raise IncompleteDownload(f"GET {safe_url} returned {status}.")
+    if not response.is_success:
+        raise DownloadRejected(f"GET {safe_url} returned {status}.")
+
+    expected = _content_length(response)
+    if expected is not None and expected > limits.max_bytes:
+        raise DownloadRejected(
+            f"GET {safe_url} is {expected} bytes, over the limit of "
+            f"{limits.max_bytes}; raise PROCESSOR_MAX_DOWNLOAD_BYTES to accept it."
+        )
+
+
+def _check_progress(
+    size: int, started: float, safe_url: str, limits: DownloadLimits
+) -> None:
+    if size > limits.max_bytes:
+        raise DownloadRejected(
+            f"GET {safe_url} passed the limit of {limits.max_bytes} bytes; raise "
+            "PROCESSOR_MAX_DOWNLOAD_BYTES to accept it."
+        )
+
+    elapsed = time.monotonic() - started
+    if elapsed > limits.deadline:
+        raise IncompleteDownload(
+            f"GET {safe_url} did not finish within {limits.deadline:g} seconds "
+            f"({size} bytes received); raise PROCESSOR_DOWNLOAD_DEADLINE for "
+            "slow storage."
+        )
 
 
 def _content_length(response: httpx.Response) -> int | None:

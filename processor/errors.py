@@ -3,15 +3,27 @@
 Every error the processor raises on purpose derives from ``ProcessorError``:
 
     ProcessorError
-    ├── ConfigurationError      an environment variable or option is invalid
-    ├── ApiError                the Exports API answered with an error
-    │   └── TransientApiError   a fault worth retrying (5xx, 429, timeouts)
-    ├── DownloadError           the export file could not be downloaded
-    ├── ParseError              the export file cannot be read at all
-    └── PluginError             a plugin could not be loaded
+    ├── ConfigurationError          a setting is missing or invalid
+    ├── ApiError                    the Exports API failed a request
+    │   ├── RequestRejected         400 or 422: the request itself is invalid
+    │   ├── AuthenticationFailed    401 or 403: the key is wrong or lacks access
+    │   ├── ExportNotFound          404 on an export id
+    │   └── TransientApiError       worth retrying with backoff
+    │       ├── RateLimited         429, with the wait the server asked for
+    │       ├── Conflict            409
+    │       ├── ServerError         5xx
+    │       ├── ApiUnreachable      connection error or timeout
+    │       └── InvalidResponse     a 2xx whose body is not the expected JSON
+    ├── DownloadError               the export file could not be downloaded
+    │   ├── DownloadRejected        the URL or the file breaks a rule; no retry
+    │   ├── DownloadExpired         403 or 404 from storage: fetch a fresh URL
+    │   └── IncompleteDownload      cut short, timed out or a 5xx; retry
+    ├── ParseError                  the export file cannot be read at all
+    └── PluginError                 a plugin could not be loaded
 
 A single bad row is not an exception: the parser counts it as rejected and
-goes on.
+goes on. No message in this tree contains the API key or a download URL's
+query string.
 """
 
 from __future__ import annotations
@@ -26,8 +38,9 @@ class ConfigurationError(ProcessorError):
 
 
 class ApiError(ProcessorError):
-    """The Exports API returned an error response.
+    """The Exports API failed a request.
 
+    ``method`` and ``path`` name the request (the path without its query),
     ``status`` is the HTTP status (``None`` when no response arrived), and
     ``code`` and ``detail`` are Buttondown's error fields where the body had
     them.
@@ -51,12 +64,62 @@ class ApiError(ProcessorError):
         self.detail = detail
 
 
+class RequestRejected(ApiError):
+    """The API rejected the request as invalid (400 or 422)."""
+
+
+class AuthenticationFailed(ApiError):
+    """The API key is invalid or lacks permission (401 or 403)."""
+
+
+class ExportNotFound(ApiError):
+    """The API has no export with the requested id (404)."""
+
+
 class TransientApiError(ApiError):
     """An API failure that a later attempt may not hit."""
 
 
+class RateLimited(TransientApiError):
+    """The API throttled the request (429).
+
+    ``retry_after`` is the wait in seconds that the ``Retry-After`` header
+    asked for, or ``None`` when the header was missing or unusable.
+    """
+
+    retry_after: float | None = None
+
+
+class Conflict(TransientApiError):
+    """The API answered 409, whose meaning Buttondown does not document."""
+
+
+class ServerError(TransientApiError):
+    """The API failed with a 5xx status."""
+
+
+class ApiUnreachable(TransientApiError):
+    """No response arrived: a connection error or a timeout."""
+
+
+class InvalidResponse(TransientApiError):
+    """A successful status with a body that is not the expected JSON."""
+
+
 class DownloadError(ProcessorError):
     """The export file could not be downloaded whole."""
+
+
+class DownloadRejected(DownloadError):
+    """The URL or the file breaks a rule, so retrying cannot help."""
+
+
+class DownloadExpired(DownloadError):
+    """Storage refused the URL (403 or 404); a fresh URL may work."""
+
+
+class IncompleteDownload(DownloadError):
+    """The download was cut short, timed out or met a 5xx; a retry may work."""
 
 
 class ParseError(ProcessorError):

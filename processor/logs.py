@@ -13,7 +13,6 @@ def configure_logging(level: str | None = None) -> None:
     name = (level or os.environ.get("PROCESSOR_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(level=getattr(logging, name, logging.INFO), format=LOG_FORMAT)
 
-    # httpx logs every request URL at INFO, and a download URL carries its
-    # presigned credentials in the query string.
+    # httpx logs every request at INFO; the processor's own lines say more.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

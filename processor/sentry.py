@@ -7,7 +7,6 @@ it replaces the API key and the credentials of presigned download URLs with
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import sentry_sdk
@@ -15,12 +14,7 @@ from sentry_sdk.integrations.dramatiq import DramatiqIntegration
 
 from processor import __version__
 from processor.config import Settings
-
-FILTERED = "[Filtered]"
-
-# Query parameters of S3 presigned URLs, which grant access to the file.
-_PRESIGNED = re.compile(r"(X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId)=[^&\s'\"]+")
-_TOKEN_HEADER = re.compile(r"Token\s+[A-Za-z0-9._~+/=-]+")
+from processor.redact import scrub_credentials
 
 
 def init_sentry(settings: Settings) -> bool:
@@ -28,7 +22,7 @@ def init_sentry(settings: Settings) -> bool:
     if not settings.sentry_dsn:
         return False
 
-    secrets = [value for value in (settings.api_key,) if value]
+    secrets = tuple(value for value in (settings.api_key,) if value)
 
     def before_send(event: Any, hint: Any) -> Any:
         return scrub(event, secrets)
@@ -47,13 +41,10 @@ def init_sentry(settings: Settings) -> bool:
     return True
 
 
-def scrub(value: Any, secrets: list[str]) -> Any:
+def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
     """Return ``value`` with every secret and presigned credential replaced."""
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, FILTERED)
-        value = _TOKEN_HEADER.sub(f"Token {FILTERED}", value)
-        return _PRESIGNED.sub(lambda match: f"{match.group(1)}={FILTERED}", value)
+        return scrub_credentials(value, secrets)
     if isinstance(value, dict):
         return {key: scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list | tuple):

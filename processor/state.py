@@ -56,6 +56,7 @@ class Run(msgspec.Struct, kw_only=True):
     export_id: str | None = None
     export_status: str | None = None
     polls: int = 0
+    retries: int = 0
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)
     finished_at: datetime | None = None

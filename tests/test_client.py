@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
 from processor.api import Export, ExportsClient
-from processor.errors import ApiError, TransientApiError
+from processor.errors import (
+    ApiError,
+    ApiUnreachable,
+    AuthenticationFailed,
+    Conflict,
+    ExportNotFound,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    TransientApiError,
+)
 from processor.sandbox import SandboxServer
 from tests.httpstub import Canned, serve
 
@@ -190,3 +203,107 @@ def test_next_link_to_other_host_refused() -> None:
         list(client.list_exports())
 
     assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error_class"),
+    [
+        (400, b'{"code": "columns_invalid", "detail": "bad"}', RequestRejected),
+        (401, b'{"detail": "Invalid token."}', AuthenticationFailed),
+        (403, b'{"code": "forbidden", "detail": "No."}', AuthenticationFailed),
+        (404, b'{"detail": "Not found."}', ExportNotFound),
+        (409, b"", Conflict),
+        (
+            422,
+            b'{"detail": [{"type": "x", "loc": ["body"], "msg": "bad"}]}',
+            RequestRejected,
+        ),
+        (429, b'{"detail": "Slow down."}', RateLimited),
+        (500, b'{"detail": "Internal server error"}', ServerError),
+        (502, b"<html>Bad gateway</html>", ServerError),
+    ],
+)
+def test_status_maps_to_error_class(
+    status: int, body: bytes, error_class: type[ApiError]
+) -> None:
+    with pytest.raises(error_class) as caught:
+        get_canned(Canned(status=status, body=body))
+
+    assert caught.value.status == status
+    assert caught.value.path == "/v1/exports/exp_1"
+    assert caught.value.method == "GET"
+
+
+def test_permanent_errors_not_transient() -> None:
+    for error_class in (RequestRejected, AuthenticationFailed, ExportNotFound):
+        assert not issubclass(error_class, TransientApiError)
+
+
+def test_conflict_message_says_empty_body() -> None:
+    with pytest.raises(Conflict, match="409 with an empty body"):
+        get_canned(Canned(status=409, body=b""))
+
+
+def test_unauthorized_message_names_variable() -> None:
+    with pytest.raises(AuthenticationFailed) as caught:
+        get_canned(Canned(status=401, body=b'{"detail": "Invalid token."}'))
+
+    assert "BUTTONDOWN_API_KEY" in str(caught.value)
+    assert "test-key" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [("3", 3.0), ("-5", None), ("soon", None), (None, None)],
+)
+def test_rate_limited_reads_retry_after(
+    retry_after: str | None, expected: float | None
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+
+    with pytest.raises(RateLimited) as caught:
+        get_canned(Canned(status=429, body=b'{"detail": "Slow"}', headers=headers))
+
+    assert caught.value.retry_after == expected
+
+
+def test_rate_limit_headers_tracked() -> None:
+    reset = str(int(time.time()) + 30)
+    headers = {
+        "Content-Type": "application/json",
+        "X-RateLimit-Limit": "600",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": reset,
+    }
+    canned = Canned(body=EXPORT % b"ready", headers=headers)
+    with (
+        serve({"/v1/exports/exp_1": canned}) as stub,
+        client_for(f"{stub.url}/v1") as client,
+    ):
+        client.get_export("exp_1")
+
+    assert 25 < client.rate_limits.wait_time() <= 30
+
+
+def test_sends_newsletter_context() -> None:
+    canned = Canned(body=EXPORT % b"ready")
+    with (
+        serve({"/v1/exports/exp_1": canned}) as stub,
+        ExportsClient(
+            api_url=f"{stub.url}/v1", api_key="k", newsletter_id="nl_123"
+        ) as client,
+    ):
+        client.get_export("exp_1")
+
+    _, _, headers = stub.requests[0]
+    assert headers["Buttondown-Context"] == "nl_123"
+
+
+def test_read_timeout_is_transient() -> None:
+    with SandboxServer(events=1, faults=["timeout"], slow_seconds=2) as server:
+        timeout = httpx.Timeout(5, read=0.3)
+        client = ExportsClient(api_url=server.api_url, api_key="k", timeout=timeout)
+        with client, pytest.raises(ApiUnreachable, match="timed out"):
+            client.create_export(["events"])

@@ -78,3 +78,47 @@ def test_redis_password_not_in_error() -> None:
 def test_missing_api_key_explains_fix() -> None:
     with pytest.raises(ConfigurationError, match="BUTTONDOWN_API_KEY is not set"):
         Settings.from_env({}).require_api_key()
+
+
+def test_reads_fault_handling_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "BUTTONDOWN_NEWSLETTER_ID": "nl_123",
+            "PROCESSOR_CONNECT_TIMEOUT": "5",
+            "PROCESSOR_HTTP_TIMEOUT": "20",
+            "PROCESSOR_DOWNLOAD_DEADLINE": "600",
+            "PROCESSOR_MAX_DOWNLOAD_BYTES": "1_000_000",
+            "PROCESSOR_MAX_RETRIES": "0",
+            "PROCESSOR_RETRY_MIN_DELAY": "0.5",
+            "PROCESSOR_RETRY_MAX_DELAY": "10",
+            "PROCESSOR_MAX_RETRY_AFTER": "90",
+        }
+    )
+    timeouts = settings.http_timeouts()
+
+    assert settings.newsletter_id == "nl_123"
+    assert timeouts.connect == 5
+    assert timeouts.pool == 5
+    assert timeouts.read == 20
+    assert timeouts.write == 20
+    assert settings.download_deadline == 600
+    assert settings.max_download_bytes == 1_000_000
+    assert settings.max_retries == 0
+    assert settings.retry_min_delay == 0.5
+    assert settings.retry_max_delay == 10
+    assert settings.max_retry_after == 90
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PROCESSOR_MAX_RETRIES", "-1", "set it to 0 or more"),
+        ("PROCESSOR_MAX_RETRIES", "many", "not a whole number"),
+        ("PROCESSOR_MAX_DOWNLOAD_BYTES", "0", "set it to 1 or more"),
+        ("PROCESSOR_MAX_DOWNLOAD_BYTES", "1.5e9", "not a whole number"),
+        ("PROCESSOR_RETRY_MIN_DELAY", "100", "larger than PROCESSOR_RETRY_MAX_DELAY"),
+    ],
+)
+def test_invalid_count_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env({name: value})

@@ -1,12 +1,25 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from processor.download import check_download_url, download, redact_url
-from processor.errors import DownloadError
+from processor.download import (
+    DownloadLimits,
+    check_download_url,
+    download,
+    redact_url,
+)
+from processor.errors import (
+    DownloadError,
+    DownloadExpired,
+    DownloadRejected,
+    IncompleteDownload,
+)
 from processor.sandbox import SandboxServer
 from tests.httpstub import Canned, serve
 
@@ -14,8 +27,6 @@ SIGNED = "?X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=abc123"
 
 
 def test_download_from_sandbox(sandbox: SandboxServer, tmp_path: Path) -> None:
-    import httpx
-
     headers = {"Authorization": "Token test-key"}
     created = httpx.post(
         f"{sandbox.api_url}/exports", json={"collections": ["events"]}, headers=headers
@@ -100,3 +111,107 @@ def test_redact_url_drops_query_and_userinfo() -> None:
     )
 
     assert redacted == "https://bucket.example:8443/path/export.zip?..."
+
+
+def test_url_escapes_sent_untouched(tmp_path: Path) -> None:
+    query = "?X-Amz-Credential=A%2FB%2Bc&X-Amz-Signature=a%3Db"
+    with serve({f"/dir%20name/file.csv{query}": Canned(body=b"id\n")}) as stub:
+        download(f"{stub.url}/dir%20name/file.csv{query}", tmp_path)
+
+    _, path, _ = stub.requests[0]
+    assert path == f"/dir%20name/file.csv{query}"
+
+
+def test_redirect_followed(tmp_path: Path) -> None:
+    routes = {
+        "/a": Canned(status=302, headers={"Location": "/b"}),
+        "/b": Canned(body=b"id\n"),
+    }
+    with serve(routes) as stub:
+        path = download(f"{stub.url}/a", tmp_path)
+
+    assert path.read_bytes() == b"id\n"
+
+
+def test_redirect_loop_rejected(tmp_path: Path) -> None:
+    routes = {"/a": Canned(status=302, headers={"Location": "/a"})}
+    with serve(routes) as stub, pytest.raises(DownloadRejected, match="redirected"):
+        download(f"{stub.url}/a", tmp_path)
+
+
+def test_redirect_to_public_http_rejected(tmp_path: Path) -> None:
+    location = {"Location": "http://storage.invalid/export.zip"}
+    routes = {"/a": Canned(status=302, headers=location)}
+    with serve(routes) as stub, pytest.raises(DownloadRejected, match="only https"):
+        download(f"{stub.url}/a", tmp_path)
+
+    assert len(stub.requests) == 1
+
+
+def test_content_length_over_limit_rejected(tmp_path: Path) -> None:
+    limits = DownloadLimits(max_bytes=10)
+    with (
+        serve({"/f": Canned(body=b"x" * 11)}) as stub,
+        pytest.raises(DownloadRejected, match="PROCESSOR_MAX_DOWNLOAD_BYTES"),
+    ):
+        download(f"{stub.url}/f", tmp_path, limits)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streamed_size_over_limit_rejected(tmp_path: Path) -> None:
+    body = gzip.compress(b"x" * 1000)
+    canned = Canned(body=body, headers={"Content-Encoding": "gzip"})
+    limits = DownloadLimits(max_bytes=500)
+    with (
+        serve({"/f": canned}) as stub,
+        pytest.raises(DownloadRejected, match="passed the limit of 500 bytes"),
+    ):
+        download(f"{stub.url}/f", tmp_path, limits)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class"),
+    [
+        (403, DownloadExpired),
+        (404, DownloadExpired),
+        (500, IncompleteDownload),
+        (503, IncompleteDownload),
+        (400, DownloadRejected),
+    ],
+)
+def test_storage_status_maps_to_error(
+    status: int, error_class: type[DownloadError], tmp_path: Path
+) -> None:
+    canned = Canned(status=status, body=b"<Error/>")
+    with serve({"/f": canned}) as stub, pytest.raises(error_class):
+        download(f"{stub.url}/f", tmp_path)
+
+
+def test_trickle_stopped_by_deadline(tmp_path: Path) -> None:
+    limits = DownloadLimits(deadline=1.0)
+    with SandboxServer(events=50, polls_to_ready=0, faults=["trickle"]) as server:
+        url = httpx.post(
+            f"{server.api_url}/exports",
+            json={"collections": ["events"]},
+            headers={"Authorization": "Token k"},
+        ).json()["url"]
+        started = time.monotonic()
+        with pytest.raises(IncompleteDownload, match="did not finish within 1"):
+            download(url, tmp_path, limits)
+
+    assert time.monotonic() - started < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_httpx_log_line_has_no_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="httpx")
+    with serve({f"/file.csv{SIGNED}": Canned(body=b"id\n")}) as stub:
+        download(f"{stub.url}/file.csv{SIGNED}", tmp_path)
+
+    assert "X-Amz-Signature=[Filtered]" in caplog.text
+    assert "abc123" not in caplog.text

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from processor.config import Settings
-from processor.sentry import FILTERED, init_sentry, scrub
+from processor.redact import FILTERED
+from processor.sentry import init_sentry, scrub
 
 API_KEY = "bd-secret-key-0123456789"
 PRESIGNED = "https://bucket.example/export.zip?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
@@ -95,7 +96,7 @@ def test_off_without_dsn() -> None:
 def test_scrub_nested_values() -> None:
     event = {"message": f"key {API_KEY}", "extra": [{"url": PRESIGNED}], "count": 3}
 
-    scrubbed = scrub(event, [API_KEY])
+    scrubbed = scrub(event, (API_KEY,))
 
     assert scrubbed["message"] == f"key {FILTERED}"
     assert "deadbeef" not in scrubbed["extra"][0]["url"]

@@ -1,15 +1,17 @@
 """A synchronous client for the Exports API on httpx.
 
-Every response is decoded into msgspec structs. Failures raise ``ApiError``,
-or ``TransientApiError`` for faults a later attempt may not hit (5xx, 429,
-timeouts, connection errors, a 200 whose body is not the expected JSON). The
-API key goes out only in the ``Authorization`` header of requests to the
-configured API origin and never into a message.
+Every response is decoded into msgspec structs, and every failure raises a
+branch of ``ApiError`` (see ``processor.errors``) that tells the caller
+whether to retry. The client never sleeps and never retries by itself: the
+actors turn a ``TransientApiError`` into a delayed message, so no worker
+thread waits. The API key goes out only in the ``Authorization`` header of
+requests to the configured API origin and never into a message or log line.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,10 +22,23 @@ import msgspec
 
 from processor import __version__
 from processor.api.models import ErrorBody, Export, ExportPage, ExportRequest
+from processor.api.ratelimit import RateLimitTracker, parse_retry_after
 from processor.config import Settings
-from processor.errors import ApiError, TransientApiError
+from processor.errors import (
+    ApiError,
+    ApiUnreachable,
+    AuthenticationFailed,
+    Conflict,
+    ExportNotFound,
+    InvalidResponse,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+)
+from processor.redact import install_log_redaction
 
 logger = logging.getLogger(__name__)
+install_log_redaction()
 
 T = TypeVar("T")
 
@@ -44,8 +59,9 @@ class ExportsClient:
         api_url: str,
         api_key: str,
         api_version: str | None = None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        newsletter_id: str | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+        rate_limits: RateLimitTracker | None = None,
     ) -> None:
         headers = {
             "Authorization": f"Token {api_key}",
@@ -54,24 +70,36 @@ class ExportsClient:
         }
         if api_version:
             headers["X-API-Version"] = api_version
+        if newsletter_id:
+            headers["Buttondown-Context"] = newsletter_id
 
         self.api_url = api_url.rstrip("/")
+        self.rate_limits = rate_limits or RateLimitTracker()
         self._origin = _origin(self.api_url)
         self._http = httpx.Client(
             headers=headers,
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
+            timeout=timeout
+            if isinstance(timeout, httpx.Timeout)
+            else httpx.Timeout(timeout),
             follow_redirects=False,
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExportsClient:
-        """Build a client from the processor's settings."""
+    def from_settings(
+        cls, settings: Settings, rate_limits: RateLimitTracker | None = None
+    ) -> ExportsClient:
+        """Build a client from the processor's settings.
+
+        Clients that share ``rate_limits`` share what the API reported about
+        the account's rate-limit window.
+        """
         return cls(
             api_url=settings.api_url,
             api_key=settings.require_api_key(),
             api_version=settings.api_version,
-            timeout=settings.http_timeout,
+            newsletter_id=settings.newsletter_id,
+            timeout=settings.http_timeouts(),
+            rate_limits=rate_limits,
         )
 
     def __enter__(self) -> ExportsClient:
@@ -104,9 +132,8 @@ class ExportsClient:
             parameters=parameters,
             columns=columns,
         )
-        return self._request(
-            "POST", "/exports", Export, content=msgspec.json.encode(body)
-        )
+        content = msgspec.json.encode(body)
+        return self._request("POST", "/exports", Export, content=content)
 
     def get_export(self, export_id: str) -> Export:
         """Retrieve one export by id."""
@@ -127,43 +154,48 @@ class ExportsClient:
 
     def _request(self, method: str, target: str, model: type[T], **kwargs: Any) -> T:
         url = target if "://" in target else f"{self.api_url}{target}"
+        path = _redact(url)
         if _origin(url) != self._origin:
             # The key must never reach another host, even through a `next` link.
             raise ApiError(
-                f"{method} {_redact(url)} is outside the API at {self._origin}; "
+                f"{method} {path} is outside the API at {self._origin}; "
                 "refusing to send the API key there.",
                 method=method,
-                path=_redact(url),
+                path=path,
             )
 
-        path = _redact(url)
         headers = {"Content-Type": "application/json"} if "content" in kwargs else None
         try:
             response = self._http.request(method, url, headers=headers, **kwargs)
         except httpx.TimeoutException as error:
-            raise TransientApiError(
+            raise ApiUnreachable(
                 f"{method} {path} timed out ({type(error).__name__}).",
                 method=method,
                 path=path,
             ) from None
         except httpx.TransportError as error:
-            raise TransientApiError(
+            raise ApiUnreachable(
                 f"{method} {path} failed: {type(error).__name__}: {error}.",
                 method=method,
                 path=path,
             ) from None
 
+        self.rate_limits.observe(response.headers)
         logger.debug("%s %s returned %d", method, path, response.status_code)
         if response.is_success:
             return _decode(response, model, method, path)
-        raise _error_for(response, method, path)
+
+        failure = _error_for(response, method, path)
+        if isinstance(failure, RateLimited) and failure.retry_after is not None:
+            self.rate_limits.block_for(failure.retry_after)
+        raise failure
 
 
 def _decode(response: httpx.Response, model: type[T], method: str, path: str) -> T:
     try:
         return msgspec.json.decode(response.content, type=model)
     except msgspec.DecodeError as error:
-        raise TransientApiError(
+        raise InvalidResponse(
             f"{method} {path} returned {response.status_code} with a body that is "
             f"not a valid {model.__name__} ({error}): {_excerpt(response.content)}",
             method=method,
@@ -172,10 +204,20 @@ def _decode(response: httpx.Response, model: type[T], method: str, path: str) ->
         ) from None
 
 
+_ERROR_CLASSES: dict[int, type[ApiError]] = {
+    400: RequestRejected,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    404: ExportNotFound,
+    409: Conflict,
+    422: RequestRejected,
+    429: RateLimited,
+}
+
+
 def _error_for(response: httpx.Response, method: str, path: str) -> ApiError:
     status = response.status_code
     code, detail = _error_fields(response.content)
-    cls = TransientApiError if status == 429 or status >= 500 else ApiError
 
     message = f"{method} {path} returned {status}"
     if code:
@@ -184,14 +226,33 @@ def _error_for(response: httpx.Response, method: str, path: str) -> ApiError:
         message += f": {detail}"
     elif response.content:
         message += f": {_excerpt(response.content)}"
+    else:
+        message += " with an empty body"
+    message += _advice(status)
 
-    if status in (401, 403):
-        message += (
-            ". Check that BUTTONDOWN_API_KEY holds a valid key with access to exports."
-        )
-    return cls(
+    cls = ServerError if status >= 500 else _ERROR_CLASSES.get(status, ApiError)
+    error = cls(
         message, method=method, path=path, status=status, code=code, detail=detail
     )
+    if isinstance(error, RateLimited):
+        retry_after = response.headers.get("Retry-After")
+        error.retry_after = parse_retry_after(retry_after, time.time())
+    return error
+
+
+def _advice(status: int) -> str:
+    if status == 401:
+        return (
+            ". The API key was not accepted: check that BUTTONDOWN_API_KEY holds "
+            "a current key from Buttondown's API settings."
+        )
+    if status == 403:
+        return (
+            ". The key in BUTTONDOWN_API_KEY is wrong or lacks permission for "
+            "this request: check the key's permissions, and "
+            "BUTTONDOWN_NEWSLETTER_ID on accounts with several newsletters."
+        )
+    return ""
 
 
 def _error_fields(content: bytes) -> tuple[str | None, str | None]:
@@ -215,7 +276,7 @@ def _origin(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """Return ``url`` without its query string, which may hold credentials."""
+    """Return the path of ``url``, with ``?...`` in place of any query."""
     parts = urlsplit(url)
     return parts.path if not parts.query else f"{parts.path}?..."
 
