@@ -10,7 +10,6 @@ accepted.
 
 from __future__ import annotations
 
-import ast
 import re
 
 import msgspec
@@ -81,14 +80,21 @@ def _parse_literal(text: str) -> dict[str, MetadataValue]:
 
 
 def _string_value(token: str) -> str:
-    if "\\" not in token:
-        return token[1:-1]
+    body = token[1:-1]
+    if "\\" not in body:
+        return body
 
-    # The regex has matched exactly one string literal, so literal_eval only
-    # decodes its escapes here and cannot run code.
-    value = ast.literal_eval(token)
-    assert isinstance(value, str)
-    return value
+    # Decode Python's backslash escapes (\n, \', \xhh, \uXXXX, \N{...})
+    # with the unicode_escape codec: it reads escapes and nothing else, so
+    # no code is compiled. Characters outside Latin-1 pass through as their
+    # own backslash escapes first.
+    escaped = body.encode("latin-1", "backslashreplace")
+    try:
+        return escaped.decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"metadata has an invalid escape in the string {_excerpt(token)}"
+        ) from None
 
 
 def _scalar_value(token: str) -> MetadataValue:

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import logging
 import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,21 @@ REQUIRED_COLUMNS = frozenset({"id", "subscriber__email", "event_type", "timestam
 MAX_LOGGED_REJECTS = 20
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+# What zipfile raises for a damaged member: a CRC mismatch (BadZipFile), a
+# cut stream (EOFError), corrupt deflate data (zlib.error), encryption
+# (RuntimeError) or an unsupported compression method (NotImplementedError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
+
+# Largest CSV field accepted, in characters. The csv module's default of
+# 131,072 is below what a long click URL list in metadata can reach.
+MAX_FIELD_SIZE = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -147,8 +163,17 @@ def _iter_zip(path: Path, stats: ParseStats) -> Iterator[Event]:
 
     with archive:
         member = _events_member(archive, path.name)
-        with archive.open(member) as stream:
-            yield from _iter_csv(stream, f"{path.name}:{member.filename}", stats)
+        source = f"{path.name}:{member.filename}"
+        try:
+            with archive.open(member) as stream:
+                yield from _iter_csv(stream, source, stats)
+        except _ZIP_ERRORS as error:
+            # A cut, corrupt or encrypted member surfaces only while reading.
+            raise ParseError(
+                f"{source} could not be read ({type(error).__name__}: {error}) "
+                f"after {stats.events} events; the file is damaged, so download "
+                "the export again."
+            ) from error
 
 
 def _events_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
@@ -178,6 +203,9 @@ def _events_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
 def _iter_csv(stream: IO[bytes], source: str, stats: ParseStats) -> Iterator[Event]:
     # NOTE: invalid UTF-8 stops the file with a ParseError instead of
     # rejecting just the row that holds it.
+    if csv.field_size_limit() < MAX_FIELD_SIZE:
+        csv.field_size_limit(MAX_FIELD_SIZE)
+
     with io.TextIOWrapper(stream, encoding="utf-8-sig", newline="") as text:
         yield from _iter_rows(csv.reader(text), source, stats)
 
@@ -190,7 +218,11 @@ def _iter_rows(reader: Any, source: str, stats: ParseStats) -> Iterator[Event]:
             f"{source} is empty; an events export starts with a header."
         ) from None
     except (UnicodeDecodeError, csv.Error) as error:
-        raise ParseError(f"{source} has an unreadable header: {error}") from error
+        # The decoder reads ahead, so a bad byte in an early row fails here.
+        raise ParseError(
+            f"{source} could not be read at its start (the header or the rows "
+            f"just after it): {error}"
+        ) from error
 
     row = _Row(header, source)
     try:

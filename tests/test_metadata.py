@@ -48,3 +48,17 @@ def test_parse_metadata_accepts(text: str, expected: dict[str, object]) -> None:
 def test_parse_metadata_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_metadata(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["{'k': 'a\\x'}", "{'k': 'a\\N{nope}'}", "{'k\\u12': 'v'}"]
+)
+def test_parse_metadata_invalid_escape(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid escape"):
+        parse_metadata(text)
+
+
+def test_parse_metadata_non_latin_with_escape() -> None:
+    assert parse_metadata("{'city': 'Zürich \\'Nord\\' 東京'}") == {
+        "city": "Zürich 'Nord' 東京"
+    }

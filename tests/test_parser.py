@@ -208,3 +208,42 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
     # The file holds about 13 MB of CSV; a parser that kept rows would peak
     # far above this bound.
     assert peak < 2 * 1024 * 1024
+
+
+def damaged_zip(tmp_path: Path, rows: int = 2000) -> Path:
+    text = csv_text([[f"ext_evt_{n}", *ROW[1:]] for n in range(rows)])
+    path = write_zip(tmp_path / "export.zip", {"events.csv": text})
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = b"\x00" * 8
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_damaged_zip_member_raises_parse_error(tmp_path: Path) -> None:
+    stats = ParseStats()
+
+    with pytest.raises(ParseError, match="damaged") as caught:
+        for _ in iter_events(damaged_zip(tmp_path), stats):
+            pass
+
+    assert f"after {stats.events} events" in str(caught.value)
+
+
+def test_field_over_default_csv_limit(tmp_path: Path) -> None:
+    big = "{'urls': '" + "x" * 200_000 + "'}"
+    path = write_csv(tmp_path / "events.csv", [[*ROW[:6], big]])
+
+    [event] = list(iter_events(path))
+
+    assert len(str(event.metadata["urls"])) == 200_000
+
+
+def test_invalid_escape_row_rejected(tmp_path: Path) -> None:
+    bad = [*ROW[:6], "{'k': 'a\\x'}"]
+    stats = ParseStats()
+
+    events = list(iter_events(write_csv(tmp_path / "events.csv", [ROW, bad]), stats))
+
+    assert len(events) == 1
+    assert stats.rejected == 1
