@@ -14,10 +14,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from sentry_sdk.utils import BadDsn, Dsn
 
 from processor.errors import ConfigurationError
 
 DEFAULT_API_URL = "https://api.buttondown.com/v1"
+
+# Upper bound of every duration setting, in seconds: one year. Larger values
+# overflow datetime arithmetic and are typing mistakes in practice.
+MAX_SECONDS = 365 * 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +54,12 @@ class Settings:
         env = os.environ if environ is None else environ
 
         settings = cls(
-            api_key=_optional(env, "BUTTONDOWN_API_KEY"),
+            api_key=_header_value(env, "BUTTONDOWN_API_KEY", secret=True),
             api_url=_api_url(env.get("BUTTONDOWN_API_URL") or DEFAULT_API_URL),
-            api_version=_optional(env, "BUTTONDOWN_API_VERSION"),
-            newsletter_id=_optional(env, "BUTTONDOWN_NEWSLETTER_ID"),
+            api_version=_header_value(env, "BUTTONDOWN_API_VERSION"),
+            newsletter_id=_header_value(env, "BUTTONDOWN_NEWSLETTER_ID"),
             redis_url=_redis_url(_optional(env, "REDIS_URL")),
-            sentry_dsn=_optional(env, "SENTRY_DSN"),
+            sentry_dsn=_sentry_dsn(_optional(env, "SENTRY_DSN")),
             state_dir=_state_dir(env),
             poll_min_delay=_seconds(env, "PROCESSOR_POLL_MIN_DELAY", 2.0),
             poll_max_delay=_seconds(env, "PROCESSOR_POLL_MAX_DELAY", 60.0),
@@ -122,8 +127,33 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _header_value(
+    env: Mapping[str, str], name: str, *, secret: bool = False
+) -> str | None:
+    """Read a value sent as an HTTP header: printable ASCII, no spaces."""
+    value = _optional(env, name)
+    if value is None:
+        return None
+
+    if not all("!" <= character <= "~" for character in value):
+        shown = "its value" if secret else repr(value)
+        raise ConfigurationError(
+            f"{name} contains a space, a control character or a non-ASCII "
+            f"character, so it cannot be sent in an HTTP header; check {shown} "
+            "for a stray newline or quote from copying."
+        )
+    return value
+
+
 def _api_url(value: str) -> str:
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - reading it raises ValueError on a bad port
+    except ValueError as error:
+        raise ConfigurationError(
+            f"BUTTONDOWN_API_URL {value!r} is not a valid URL ({error}); set it "
+            f"to {DEFAULT_API_URL} or leave it unset."
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"BUTTONDOWN_API_URL {value!r} is not an http(s) URL; set it to "
@@ -141,13 +171,36 @@ def _redis_url(value: str | None) -> str | None:
     if value is None:
         return None
 
-    scheme = urlsplit(value).scheme
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - reading it raises ValueError on a bad port
+    except ValueError:
+        # The value may hold a password, so it is not shown.
+        raise ConfigurationError(
+            "REDIS_URL is not a valid URL (check its host and port); use "
+            "redis://HOST:PORT/DB, such as redis://127.0.0.1:6379/0."
+        ) from None
+    scheme = parts.scheme
     if scheme not in ("redis", "rediss", "unix"):
         # The value may hold a password, so only the scheme is shown.
         raise ConfigurationError(
             f"REDIS_URL has the scheme {scheme!r}; use redis://, rediss:// or "
             "unix://, or unset REDIS_URL to run on the embedded broker."
         )
+    return value
+
+
+def _sentry_dsn(value: str | None) -> str | None:
+    if value is None:
+        return None
+
+    try:
+        Dsn(value)
+    except BadDsn as error:
+        raise ConfigurationError(
+            f"SENTRY_DSN is not a valid Sentry DSN ({error}); copy it from the "
+            "project's Client Keys page in Sentry, or unset it."
+        ) from None
     return value
 
 
@@ -171,10 +224,10 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
             f"such as {default:g}."
         ) from None
 
-    if not seconds > 0 or seconds == float("inf"):
+    if not 0 < seconds <= MAX_SECONDS:
         raise ConfigurationError(
-            f"{name} is {value!r}; set it to a positive number of seconds such "
-            f"as {default:g}."
+            f"{name} is {value!r}; set it to a number of seconds above 0 and at "
+            f"most {MAX_SECONDS:,} (a year), such as {default:g}."
         )
     return seconds
 

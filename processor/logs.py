@@ -5,13 +5,21 @@ from __future__ import annotations
 import logging
 import os
 
+from processor.errors import ConfigurationError
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def configure_logging(level: str | None = None) -> None:
     """Send log records to stderr at ``level`` (``PROCESSOR_LOG_LEVEL``, INFO)."""
-    name = (level or os.environ.get("PROCESSOR_LOG_LEVEL") or "INFO").upper()
-    logging.basicConfig(level=getattr(logging, name, logging.INFO), format=LOG_FORMAT)
+    name = (level or os.environ.get("PROCESSOR_LOG_LEVEL") or "INFO").strip().upper()
+    if name not in LEVELS:
+        raise ConfigurationError(
+            f"The log level {name!r} is not one of {', '.join(LEVELS)}; set "
+            "PROCESSOR_LOG_LEVEL or --log-level to one of them."
+        )
+    logging.basicConfig(level=getattr(logging, name), format=LOG_FORMAT)
 
     # httpx logs every request at INFO; the processor's own lines say more.
     for noisy in ("httpx", "httpcore"):

@@ -23,7 +23,9 @@ from typing import Any, Protocol, cast
 import msgspec
 import redis
 
+from processor.errors import ConfigurationError
 from processor.plugins import PluginCounts
+from processor.processing import Summary
 
 QUEUED = "queued"
 EXPORTING = "exporting"
@@ -77,6 +79,13 @@ class Run(msgspec.Struct, kw_only=True):
         self.error = reason
         self.finished_at = utc_now()
 
+    def record_counts(self, summary: Summary) -> None:
+        """Copy the event and plugin counts of ``summary`` into the run."""
+        self.events = summary.events
+        self.rejected = summary.rejected
+        self.event_types = summary.event_types
+        self.plugins = summary.plugins
+
     def succeed(self) -> None:
         """Mark the run succeeded."""
         self.status = SUCCEEDED
@@ -108,13 +117,22 @@ class FileRunStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"The run directory {directory} cannot be created "
+                f"({error.strerror}); set PROCESSOR_STATE_DIR to a writable "
+                "directory."
+            ) from None
 
     def create(self, run: Run) -> None:
         with self._locked(run.run_id):
             self._write(run)
 
     def get(self, run_id: str) -> Run | None:
+        if not _valid_run_id(run_id):
+            return None
         path = self._path(run_id)
         try:
             return _decoder.decode(path.read_bytes())
@@ -137,14 +155,16 @@ class FileRunStore:
         return [run for run in runs if run is not None]
 
     def _path(self, run_id: str) -> Path:
-        if not run_id.startswith("run_") or "/" in run_id or os.sep in run_id:
+        if not _valid_run_id(run_id):
             raise RunNotFound(run_id)
         return self.directory / f"{run_id}.json"
 
     @contextlib.contextmanager
     def _locked(self, run_id: str) -> Iterator[None]:
-        lock_path = self._path(run_id).with_suffix(".lock")
-        with lock_path.open("a") as lock:
+        # One lock for the whole directory: updates are a read and a rename,
+        # so they queue briefly, and no lock file is left per run.
+        self._path(run_id)
+        with (self.directory / ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -208,6 +228,10 @@ class RedisRunStore:
 
     def _key(self, run_id: str) -> str:
         return f"{self.KEY_PREFIX}{run_id}"
+
+
+def _valid_run_id(run_id: str) -> bool:
+    return run_id.startswith("run_") and "/" not in run_id and os.sep not in run_id
 
 
 def _text(value: bytes) -> str:

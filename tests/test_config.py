@@ -122,3 +122,34 @@ def test_reads_fault_handling_variables() -> None:
 def test_invalid_count_named(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("key", ["sek\nret-key", "sëcret-key", "key with space"])
+def test_api_key_header_safe_and_not_shown(key: str) -> None:
+    with pytest.raises(
+        ConfigurationError, match="BUTTONDOWN_API_KEY contains"
+    ) as caught:
+        Settings.from_env({"BUTTONDOWN_API_KEY": key})
+
+    assert key not in str(caught.value)
+
+
+def test_api_version_header_safe() -> None:
+    with pytest.raises(ConfigurationError, match="BUTTONDOWN_API_VERSION contains"):
+        Settings.from_env({"BUTTONDOWN_API_VERSION": "2026-04-01\nX-Evil: 1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BUTTONDOWN_API_URL", "http://127.0.0.1:abc/v1", "not a valid URL"),
+        ("BUTTONDOWN_API_URL", "http://[::1", "not a valid URL"),
+        ("REDIS_URL", "redis://127.0.0.1:notaport/0", "not a valid URL"),
+        ("SENTRY_DSN", "nonsense", "not a valid Sentry DSN"),
+        ("PROCESSOR_POLL_DEADLINE", "1e14", "at most 31,536,000"),
+        ("PROCESSOR_HTTP_TIMEOUT", "1e12", "at most 31,536,000"),
+    ],
+)
+def test_invalid_value_rejected_at_start(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env({name: value})
