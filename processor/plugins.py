@@ -56,11 +56,17 @@ class Handler:
         """Release what ``setup`` acquired, after the run's last event."""
 
 
-class PluginCounts(msgspec.Struct, kw_only=True):
-    """How many events one plugin handled, and how many raised."""
+class PluginCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How many events one plugin handled, and how many failed.
+
+    ``error`` is set when the plugin failed as a whole, in ``setup`` or
+    ``teardown``; events it would have received while broken count as
+    failed.
+    """
 
     handled: int = 0
     failed: int = 0
+    error: str | None = None
 
 
 @dataclasses.dataclass
@@ -139,28 +145,38 @@ class Dispatcher:
         self.plugins = [plugin for plugin in plugins if plugin.handler is not None]
         self.counts = {plugin.name: PluginCounts() for plugin in self.plugins}
         self._active: list[tuple[str, Handler, frozenset[str] | None]] = []
+        self._broken: list[tuple[str, frozenset[str] | None]] = []
 
     def setup(self, run: RunInfo) -> None:
-        """Call each handler's ``setup``; a handler whose setup fails is skipped."""
+        """Call each handler's ``setup``.
+
+        A handler whose setup raises receives no events, and each event it
+        would have received counts as failed for it.
+        """
         for plugin in self.plugins:
             handler = plugin.handler
             assert handler is not None
+            event_types = getattr(handler, "event_types", None)
             try:
                 handler.setup(run)
-            except Exception:
+            except Exception as error:
                 logger.exception(
-                    "Plugin %r failed in setup for run %s; it is skipped.",
+                    "Plugin %r failed in setup for run %s; its events count as failed.",
                     plugin.name,
                     run.run_id,
                 )
-                plugin.error = "setup failed"
+                reason = f"setup failed: {type(error).__name__}: {error}"
+                self.counts[plugin.name].error = reason
+                self._broken.append((plugin.name, event_types))
                 continue
-            self._active.append(
-                (plugin.name, handler, getattr(handler, "event_types", None))
-            )
+            self._active.append((plugin.name, handler, event_types))
 
     def dispatch(self, event: Event) -> None:
         """Hand ``event`` to every handler that wants its type."""
+        for name, event_types in self._broken:
+            if event_types is None or event.event_type in event_types:
+                self.counts[name].failed += 1
+
         for name, handler, event_types in self._active:
             if event_types is not None and event.event_type not in event_types:
                 continue
@@ -185,6 +201,8 @@ class Dispatcher:
         for name, handler, _ in self._active:
             try:
                 handler.teardown()
-            except Exception:
+            except Exception as error:
                 logger.exception("Plugin %r failed in teardown.", name)
+                reason = f"teardown failed: {type(error).__name__}: {error}"
+                self.counts[name].error = reason
         self._active.clear()

@@ -6,6 +6,7 @@ downloaded export and a local file go through the same steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -43,9 +44,10 @@ def process_file(
 ) -> Summary:
     """Parse ``path`` and dispatch each event; return the counts.
 
-    Raises ``ParseError`` when the file cannot be read at all. Handlers are
-    set up before the first event and torn down after the last, also when
-    parsing stops with an error.
+    Raises ``ParseError`` when the file cannot be read at all, and passes on
+    whatever ``on_progress`` raises, which is how a caller stops a run.
+    Handlers are set up before the first event and torn down after the
+    last, also when parsing stops with an error.
     """
     stats = ParseStats()
     event_types: Counter[str] = Counter()
@@ -60,6 +62,13 @@ def process_file(
             if on_progress is not None and time.monotonic() >= next_report:
                 on_progress(_summary(stats, event_types, dispatcher))
                 next_report = time.monotonic() + PROGRESS_INTERVAL
+    except BaseException:
+        # Record what was dispatched before the fault, so the run's counts
+        # match what the plugins saw.
+        if on_progress is not None:
+            with contextlib.suppress(Exception):
+                on_progress(_summary(stats, event_types, dispatcher))
+        raise
     finally:
         dispatcher.teardown()
 
@@ -82,7 +91,7 @@ def _summary(
         rejected=stats.rejected,
         event_types=dict(event_types),
         plugins={
-            name: PluginCounts(handled=counts.handled, failed=counts.failed)
+            name: msgspec.structs.replace(counts)
             for name, counts in dispatcher.counts.items()
         },
     )

@@ -21,7 +21,9 @@ def summary_fields(run: Run) -> dict[str, Any]:
         "rejected": run.rejected,
         "event_types": dict(sorted(run.event_types.items())),
         "plugins": {
-            name: {"handled": counts.handled, "failed": counts.failed}
+            name: msgspec.structs.asdict(counts)
+            if counts.error
+            else {"handled": counts.handled, "failed": counts.failed}
             for name, counts in sorted(run.plugins.items())
         },
         "error": run.error if run.status == "failed" else None,
@@ -40,7 +42,7 @@ def summary_text(run: Run) -> str:
     lines = [f"Run {run.run_id} {run.status}."]
     if run.export_id:
         lines.append(f"  export     {run.export_id}")
-    lines.append(f"  events     {run.events:,} ({run.rejected:,} rejected)")
+    lines.append(f"  events     {run.events:,} ({run.rejected:,} rows rejected)")
 
     if run.event_types:
         by_type = ", ".join(
@@ -53,12 +55,17 @@ def summary_text(run: Run) -> str:
 
     if run.plugins:
         for name, counts in sorted(run.plugins.items()):
-            lines.append(
+            line = (
                 f"  plugin     {name}: {counts.handled:,} handled, "
                 f"{counts.failed:,} failed"
             )
-    else:
+            if counts.error:
+                line += f" ({counts.error})"
+            lines.append(line)
+    elif run.status == "succeeded":
         lines.append("  plugins    none loaded")
+    else:
+        lines.append("  plugins    not run")
 
     if run.finished_at:
         seconds = (run.finished_at - run.created_at).total_seconds()

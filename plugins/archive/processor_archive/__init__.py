@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DIRECTORY = Path(".processor/archive")
 
+# Day files kept open at once; well under the usual limit of 1,024 file
+# descriptors per process.
+MAX_OPEN_FILES = 64
+
 
 class ArchivedEvent(msgspec.Struct, kw_only=True):
     """One line of an archive file."""
@@ -64,10 +68,11 @@ class ArchiveHandler(Handler):
         timestamp = event.timestamp.astimezone(UTC)
         day = timestamp.date().isoformat()
 
-        file = self._files.get(day)
+        file = self._files.pop(day, None)
         if file is None:
-            file = (self.directory / f"events-{day}.jsonl").open("ab")
-            self._files[day] = file
+            file = self._open(day)
+        # Re-inserting keeps the dict in least-recently-used order.
+        self._files[day] = file
 
         record = ArchivedEvent(
             id=event.id,
@@ -82,6 +87,14 @@ class ArchiveHandler(Handler):
         )
         file.write(self._encoder.encode(record) + b"\n")
         self._written += 1
+
+    def _open(self, day: str) -> IO[bytes]:
+        # An export that spans years touches more days than a process may
+        # keep files open, so the least recently used file is closed first.
+        if len(self._files) >= MAX_OPEN_FILES:
+            oldest = next(iter(self._files))
+            self._files.pop(oldest).close()
+        return (self.directory / f"events-{day}.jsonl").open("ab")
 
     def teardown(self) -> None:
         for file in self._files.values():

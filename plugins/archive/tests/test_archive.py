@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import processor_archive
 import pytest
 from processor_archive import ArchiveHandler
 
@@ -117,3 +118,21 @@ def test_registered_as_entry_point() -> None:
     assert plugins["archive"].distribution == "processor-archive"
     assert isinstance(plugins["archive"].handler, ArchiveHandler)
     assert plugins["archive"].error is None
+
+
+def test_many_days_keep_few_files_open(
+    archive_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processor_archive, "MAX_OPEN_FILES", 3)
+    handler = ArchiveHandler()
+    handler.setup(RunInfo(run_id="run_1"))
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    for n in range(20):
+        handler.handle(make_event(f"evt_{n}", start + timedelta(days=n % 10)))
+        assert len(handler._files) <= 3
+    handler.teardown()
+
+    files = read_lines(archive_dir)
+
+    assert len(files) == 10
+    assert sum(len(lines) for lines in files.values()) == 20
