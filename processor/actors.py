@@ -34,10 +34,12 @@ from processor.errors import (
     ExportNotFound,
     IncompleteDownload,
     ProcessorError,
+    RunStopped,
     TransientApiError,
 )
 from processor.plugins import Dispatcher, RunInfo, load_plugins
 from processor.processing import Summary, process_file
+from processor.redact import scrub_credentials
 from processor.retry import backoff, retry_delay
 from processor.state import Run, RunStore
 
@@ -268,8 +270,10 @@ class PipelineActors:
             self._fail(run_id, f"Fetching export {run.export_id} failed: {error}")
             return
 
-        # NOTE: a failure in the middle of the file leaves the events before
-        # it dispatched; a later run hands them to the plugins again.
+        # Once events reach the plugins the step is never retried, so a fault
+        # in the middle of the file fails the run instead of handing the
+        # events before it to the plugins again.
+        # NOTE: a new run of the same export still hands them over again.
         try:
             summary = process_file(
                 path,
@@ -277,14 +281,30 @@ class PipelineActors:
                 RunInfo(run_id=run_id, export_id=run.export_id),
                 on_progress=lambda progress: self._record_counts(run_id, progress),
             )
+        except RunStopped as stopped:
+            logger.info("Run %s stopped while processing: %s", run_id, stopped)
+            return
         except ProcessorError as error:
             self._fail(run_id, f"Parsing export {run.export_id} failed: {error}")
+            return
+        except Exception as error:
+            logger.exception(
+                "Run %s hit an unexpected error while processing export %s.",
+                run_id,
+                run.export_id,
+            )
+            self._fail(
+                run_id,
+                f"Processing export {run.export_id} stopped on an unexpected "
+                f"{type(error).__name__}: {self._scrub(str(error))}. The worker "
+                "log has the traceback.",
+            )
             return
         finally:
             path.unlink(missing_ok=True)
 
         def finish(current: Run) -> None:
-            _copy_counts(current, summary)
+            current.record_counts(summary)
             current.retries = 0
             current.succeed()
 
@@ -357,7 +377,13 @@ class PipelineActors:
         resend(delay)
 
     def _record_counts(self, run_id: str, summary: Summary) -> None:
-        self.store.update(run_id, lambda run: _copy_counts(run, summary))
+        run = self.store.update(run_id, lambda current: current.record_counts(summary))
+        if run.status != state.PROCESSING:
+            raise RunStopped(f"the run is now {run.status}: {run.error}")
+
+    def _scrub(self, text: str) -> str:
+        secrets = (self.settings.api_key,) if self.settings.api_key else ()
+        return scrub_credentials(text, secrets)
 
     def _retries_exhausted(
         self, message: dict[str, Any], retry_info: dict[str, Any]
@@ -397,10 +423,3 @@ def _download_url(client: ExportsClient, export_id: str) -> str:
 
 def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
-
-
-def _copy_counts(run: Run, summary: Summary) -> None:
-    run.events = summary.events
-    run.rejected = summary.rejected
-    run.event_types = summary.event_types
-    run.plugins = summary.plugins

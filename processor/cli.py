@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +13,15 @@ from typing import Any
 
 import click
 import msgspec
+import redis
 
+from processor.app import App
 from processor.config import Settings
 from processor.errors import ConfigurationError, ProcessorError
 from processor.logs import configure_logging
 from processor.report import Progress, summary_json, summary_text
 from processor.sandbox.faults import FAULTS
-from processor.state import FileRunStore, Run, new_run_id
+from processor.state import SUCCEEDED, FileRunStore, Run, new_run_id
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,13 @@ def main() -> None:
     except ConfigurationError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(2)
+    except redis.ConnectionError as error:
+        click.echo(
+            f"Error: Redis at REDIS_URL is unreachable ({error}); start it, fix "
+            "REDIS_URL, or unset REDIS_URL to run on the embedded broker.",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.group()
@@ -91,7 +101,6 @@ def run(
     as_json: bool,
 ) -> None:
     """Run the whole pipeline once and wait for it to finish."""
-    from processor.app import App
     from processor.sentry import init_sentry
 
     settings = Settings.from_env()
@@ -114,12 +123,11 @@ def run(
             if app.embedded:
                 app.start_embedded_worker()
             started = app.actors.start_run()
-            finished = _wait(
-                app, started.run_id, timeout or settings.poll_deadline + 3600
-            )
+            limit = timeout or settings.poll_deadline + 3600
+            finished, exit_code = _wait(app, started.run_id, limit)
 
     _print_summary(finished, as_json)
-    sys.exit(0 if finished.status == "succeeded" else 1)
+    sys.exit(exit_code)
 
 
 @contextlib.contextmanager
@@ -176,17 +184,41 @@ def _expand(faults: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(faults))
 
 
-def _wait(app: Any, run_id: str, timeout: float) -> Run:
+def _wait(app: App, run_id: str, timeout: float) -> tuple[Run, int]:
+    """Wait for the run; return its record and the command's exit status.
+
+    On the embedded broker the run lives only as long as this process, so
+    a timeout or Ctrl-C marks it failed, which also stops its actors at
+    their next step. On Redis the workers carry on with it.
+    """
     progress = Progress()
     try:
-        return app.wait(run_id, timeout=timeout, on_change=progress.show_run)  # type: ignore[no-any-return]
-    except TimeoutError as error:
-        raise click.ClickException(
-            f"{error}; check that a worker is running (`dramatiq processor.worker`) "
-            "or pass a larger --timeout."
-        ) from None
+        run = app.wait(run_id, timeout=timeout, on_change=progress.show_run)
+        return run, 0 if run.status == SUCCEEDED else 1
+    except TimeoutError:
+        reason, exit_code = f"No result within {timeout:g} seconds (--timeout)", 1
+    except KeyboardInterrupt:
+        reason, exit_code = "Interrupted by Ctrl-C", 130
     finally:
         progress.finish()
+
+    if not app.embedded:
+        logger.warning(
+            "%s; run %s goes on in the workers, and `processor runs show %s` "
+            "shows it later. If it never starts, check that a worker is running.",
+            reason,
+            run_id,
+            run_id,
+        )
+        current = app.store.get(run_id)
+        assert current is not None
+        return current, exit_code
+
+    def stop(current: Run) -> None:
+        if not current.finished:
+            current.fail(f"{reason}; the run was stopped.")
+
+    return app.store.update(run_id, stop), exit_code
 
 
 @cli.command()
@@ -200,7 +232,7 @@ def _wait(app: Any, run_id: str, timeout: float) -> Run:
 def replay(file: Path, as_json: bool) -> None:
     """Run the plugins over a local export FILE, such as a dashboard CSV."""
     from processor.plugins import Dispatcher, RunInfo, load_plugins
-    from processor.processing import process_file
+    from processor.processing import Summary, process_file
 
     settings = Settings.from_env()
     store = FileRunStore(settings.state_dir / "runs")
@@ -208,31 +240,36 @@ def replay(file: Path, as_json: bool) -> None:
     store.create(run)
 
     progress = Progress()
+    reason: str | None = None
+
+    def record(summary: Summary) -> None:
+        store.update(run.run_id, lambda current: current.record_counts(summary))
+        progress.show_events(summary.events)
+
     try:
         summary = process_file(
-            file,
-            Dispatcher(load_plugins()),
-            RunInfo(run_id=run.run_id),
-            on_progress=lambda current: progress.show_events(current.events),
+            file, Dispatcher(load_plugins()), RunInfo(run_id=run.run_id), record
         )
     except ProcessorError as error:
         reason = str(error)
-        run = store.update(run.run_id, lambda current: current.fail(reason))
-    else:
-
-        def finish(current: Run) -> None:
-            current.events = summary.events
-            current.rejected = summary.rejected
-            current.event_types = summary.event_types
-            current.plugins = summary.plugins
-            current.succeed()
-
-        run = store.update(run.run_id, finish)
+    except KeyboardInterrupt:
+        reason = "Interrupted by Ctrl-C; the replay was stopped."
+    except Exception as error:
+        logger.exception("Replay of %s hit an unexpected error.", file)
+        reason = f"Unexpected {type(error).__name__}: {error}"
     finally:
         progress.finish()
 
+    def finish(current: Run) -> None:
+        if reason is None:
+            current.record_counts(summary)
+            current.succeed()
+        else:
+            current.fail(reason)
+
+    run = store.update(run.run_id, finish)
     _print_summary(run, as_json)
-    sys.exit(0 if run.status == "succeeded" else 1)
+    sys.exit(0 if run.status == SUCCEEDED else 1)
 
 
 @cli.command()
@@ -279,17 +316,30 @@ def sandbox(
     """Serve a Buttondown-compatible Exports API on 127.0.0.1."""
     from processor.sandbox import SandboxServer
 
-    server = SandboxServer(
-        port=port,
-        events=events,
-        polls_to_ready=polls_to_ready,
-        api_key=api_key,
-        faults=_expand(faults),
-    )
+    try:
+        server = SandboxServer(
+            port=port,
+            events=events,
+            polls_to_ready=polls_to_ready,
+            api_key=api_key,
+            faults=_expand(faults),
+        )
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on 127.0.0.1:{port} ({error.strerror}); pick another "
+            "--port, or 0 for a free one."
+        ) from None
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
     click.echo(
         f"Sandbox Exports API at {server.api_url} ({events:,} events per export)."
     )
     click.echo(f"Point the processor at it with BUTTONDOWN_API_URL={server.api_url}")
+
+    # SIGTERM (from a process manager) stops the server like Ctrl-C, so its
+    # generated files are removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

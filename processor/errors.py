@@ -19,7 +19,8 @@ Every error the processor raises on purpose derives from ``ProcessorError``:
     │   ├── DownloadExpired         403 or 404 from storage: fetch a fresh URL
     │   └── IncompleteDownload      cut short, timed out or a 5xx; retry
     ├── ParseError                  the export file cannot be read at all
-    └── PluginError                 a plugin could not be loaded
+    ├── PluginError                 a plugin could not be loaded
+    └── RunStopped                  the run ended elsewhere while it worked
 
 A single bad row is not an exception: the parser counts it as rejected and
 goes on. No message in this tree contains the API key or a download URL's
@@ -128,3 +129,8 @@ class ParseError(ProcessorError):
 
 class PluginError(ProcessorError):
     """A plugin could not be loaded or set up."""
+
+
+class RunStopped(ProcessorError):
+    """The run was marked finished elsewhere, such as by ``processor run``
+    on Ctrl-C, while an actor was still working on it."""

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from processor.sandbox import write_events_export
+from tests.conftest import free_port
 
 PROCESSOR = str(Path(sys.executable).parent / "processor")
 
@@ -68,7 +72,7 @@ def test_run_sandbox_readable_summary(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "succeeded" in result.stdout
-    assert "50 (0 rejected)" in result.stdout
+    assert "50 (0 rows rejected)" in result.stdout
     assert "archive: 50 handled, 0 failed" in result.stdout
 
 
@@ -147,3 +151,135 @@ def test_invalid_setting_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "PROCESSOR_POLL_MIN_DELAY is 'soon'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_invalid_log_level_exits_2(tmp_path: Path) -> None:
+    result = processor("runs", cwd=tmp_path, PROCESSOR_LOG_LEVEL="basic_format")
+
+    assert result.returncode == 2
+    assert "log level 'BASIC_FORMAT'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_state_dir_not_directory_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file")
+
+    result = processor("runs", cwd=tmp_path, PROCESSOR_STATE_DIR="state/sub")
+
+    assert result.returncode == 2
+    assert "set PROCESSOR_STATE_DIR to a writable directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_explained(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+
+    result = processor("runs", cwd=tmp_path, REDIS_URL=url)
+
+    assert result.returncode == 1
+    assert "Redis at REDIS_URL is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_runs_show_malformed_id(tmp_path: Path) -> None:
+    result = processor("runs", "show", "nope", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "no run has the id 'nope'" in result.stderr
+
+
+def test_sandbox_busy_port_explained(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = processor("sandbox", "--port", str(port), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_replay_damaged_zip_records_counts(tmp_path: Path) -> None:
+    export = tmp_path / "export.zip"
+    write_events_export(export, count=5000, seed=1)
+    data = bytearray(export.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\x00" * 16
+    export.write_bytes(bytes(data))
+
+    result = processor("replay", str(export), "--json", cwd=tmp_path)
+
+    summary = last_json(result)
+    assert result.returncode == 1
+    assert summary["status"] == "failed"
+    assert "damaged" in str(summary["error"])
+    assert f"after {summary['events']} events" in str(summary["error"])
+    assert summary["plugins"] == {
+        "archive": {"handled": summary["events"], "failed": 0}
+    }
+
+
+def test_plugin_setup_failure_visible(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("file")
+    export = tmp_path / "export.zip"
+    write_events_export(export, count=30, seed=1)
+
+    result = processor(
+        "replay",
+        str(export),
+        "--json",
+        cwd=tmp_path,
+        PROCESSOR_ARCHIVE_DIR=str(tmp_path / "not-a-dir"),
+    )
+
+    summary = last_json(result)
+    plugin = summary["plugins"]["archive"]  # type: ignore[index]
+    assert summary["events"] == 30
+    assert plugin["handled"] == 0
+    assert plugin["failed"] == 30
+    assert "setup failed" in plugin["error"]
+
+
+def start_slow_run(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BUTTONDOWN_", "PROCESSOR_", "REDIS_URL", "SENTRY_"))
+    }
+    env.update(PROCESSOR_POLL_MIN_DELAY="30", PROCESSOR_POLL_MAX_DELAY="60")
+    command = [PROCESSOR, "run", "--sandbox", "--events", "10", "--json", *args]
+    return subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_stops_run_with_summary(tmp_path: Path) -> None:
+    process = start_slow_run(tmp_path)
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / ".processor" / "runs").glob("run_*.json")):
+        assert time.monotonic() < deadline, "the run was never recorded"
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    summary = json.loads(stdout.splitlines()[-1])
+
+    assert process.returncode == 130
+    assert summary["status"] == "failed"
+    assert "Interrupted by Ctrl-C" in summary["error"]
+
+
+def test_timeout_stops_run_with_summary(tmp_path: Path) -> None:
+    process = start_slow_run(tmp_path, "--timeout", "1")
+    stdout, _ = process.communicate(timeout=60)
+    summary = json.loads(stdout.splitlines()[-1])
+
+    assert process.returncode == 1
+    assert summary["status"] == "failed"
+    assert "No result within 1 seconds" in summary["error"]

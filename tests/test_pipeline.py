@@ -1,13 +1,17 @@
 """The whole pipeline on the embedded broker, against the sandbox API."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from processor import processing
 from processor.app import App
 from processor.config import Settings
+from processor.events import Event
+from processor.parser import ParseStats
 from processor.sandbox import SandboxServer
 from processor.state import FAILED, SUCCEEDED
 
@@ -114,3 +118,30 @@ def test_deadline_fails_run(settings: Settings, archive_dir: Path) -> None:
     assert run.status == FAILED
     assert run.error is not None
     assert "not ready after 0.5 seconds" in run.error
+
+
+def test_unexpected_error_mid_file_dispatches_once(
+    settings: Settings,
+    archive_dir: Path,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_iter_events = processing.iter_events
+
+    def failing_iter_events(path: Path, stats: ParseStats) -> Iterator[Event]:
+        for count, event in enumerate(real_iter_events(path, stats)):
+            if count == 100:
+                raise RuntimeError("disk went away")
+            yield event
+
+    monkeypatch.setattr(processing, "iter_events", failing_iter_events)
+    run_id, app = run_once(settings)
+    with app:
+        run = app.wait(run_id, timeout=60)
+
+    assert run.status == FAILED
+    assert run.error is not None
+    assert "unexpected RuntimeError: disk went away" in run.error
+    assert run.plugins["archive"].handled == 100
+    assert len(archived_lines(archive_dir)) == 100
+    assert sandbox.requests <= 6

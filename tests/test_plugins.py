@@ -118,5 +118,6 @@ def test_failing_setup_skips_plugin() -> None:
     dispatcher.dispatch(make_event("evt_1"))
 
     assert dispatcher.counts["failing-setup"].handled == 0
+    assert dispatcher.counts["failing-setup"].failed == 1
     assert dispatcher.counts["recording"].handled == 1
-    assert plugins["failing-setup"].error == "setup failed"
+    assert "setup failed: OSError" in str(dispatcher.counts["failing-setup"].error)

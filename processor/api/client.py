@@ -35,7 +35,7 @@ from processor.errors import (
     RequestRejected,
     ServerError,
 )
-from processor.redact import install_log_redaction
+from processor.redact import install_log_redaction, scrub_credentials
 
 logger = logging.getLogger(__name__)
 install_log_redaction()
@@ -74,6 +74,7 @@ class ExportsClient:
             headers["Buttondown-Context"] = newsletter_id
 
         self.api_url = api_url.rstrip("/")
+        self._secrets = (api_key,)
         self.rate_limits = rate_limits or RateLimitTracker()
         self._origin = _origin(self.api_url)
         self._http = httpx.Client(
@@ -174,8 +175,10 @@ class ExportsClient:
                 path=path,
             ) from None
         except httpx.TransportError as error:
+            # httpx's text can quote a header value, the API key included.
+            reason = scrub_credentials(str(error), self._secrets)
             raise ApiUnreachable(
-                f"{method} {path} failed: {type(error).__name__}: {error}.",
+                f"{method} {path} failed: {type(error).__name__}: {reason}.",
                 method=method,
                 path=path,
             ) from None
@@ -223,12 +226,14 @@ def _error_for(response: httpx.Response, method: str, path: str) -> ApiError:
     if code:
         message += f" ({code})"
     if detail:
-        message += f": {detail}"
+        message += f": {scrub_credentials(detail)}"
     elif response.content:
         message += f": {_excerpt(response.content)}"
     else:
         message += " with an empty body"
-    message += _advice(status)
+    advice = _advice(status)
+    if advice:
+        message = message.rstrip(".") + advice
 
     cls = ServerError if status >= 500 else _ERROR_CLASSES.get(status, ApiError)
     error = cls(
@@ -282,6 +287,8 @@ def _redact(url: str) -> str:
 
 
 def _excerpt(content: bytes, limit: int = 120) -> str:
-    text = content[:limit].decode("utf-8", errors="replace")
-    text = " ".join(text.split())
-    return repr(text + ("..." if len(content) > limit else ""))
+    # The body may hold a presigned download URL, whose query is a credential,
+    # so credentials are filtered before the text is cut to length.
+    text = content[: limit * 32].decode("utf-8", errors="replace")
+    text = scrub_credentials(" ".join(text.split()))
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
