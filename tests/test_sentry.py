@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -102,3 +104,45 @@ def test_scrub_nested_values() -> None:
     assert "deadbeef" not in scrubbed["extra"][0]["url"]
     assert scrubbed["extra"][0]["url"].startswith("https://bucket.example/export.zip?")
     assert scrubbed["count"] == 3
+
+
+def test_failed_fault_run_reports_without_secrets(
+    sentry_ingest: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    dsn, bodies = sentry_ingest
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BUTTONDOWN_", "PROCESSOR_", "REDIS_URL", "SENTRY_"))
+    }
+    env.update(
+        BUTTONDOWN_API_KEY=API_KEY,
+        SENTRY_DSN=dsn,
+        PROCESSOR_LOG_LEVEL="DEBUG",
+        # The download passes every fault, then breaks the size limit, so the
+        # run fails after presigned URLs went through every HTTP log line.
+        PROCESSOR_MAX_DOWNLOAD_BYTES="100",
+    )
+    command = [
+        str(Path(sys.executable).parent / "processor"),
+        "run",
+        "--sandbox",
+        "--events",
+        "50",
+        "--fault",
+        "all",
+        "--json",
+    ]
+
+    result = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    sent = b"".join(bodies).decode(errors="replace")
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1
+    assert "PROCESSOR_MAX_DOWNLOAD_BYTES" in sent
+    assert "X-Amz-Signature=[Filtered]" in sent
+    for text in (sent, output):
+        assert API_KEY not in text
+        assert re.search(r"X-Amz-(Signature|Credential)=(?!\[Filtered\])", text) is None
