@@ -14,13 +14,12 @@ from collections.abc import Callable
 from types import TracebackType
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from processor.actors import PipelineActors
 from processor.config import Settings
-from processor.state import FileRunStore, RedisRunStore, Run, RunStore
+from processor.state import Run, RunStore, store_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +37,11 @@ class App:
         self.embedded = settings.redis_url is None
 
         self.broker: dramatiq.Broker
-        self.store: RunStore
         if settings.redis_url is None:
             self.broker = StubBroker()
-            self.store = FileRunStore(settings.state_dir / "runs")
         else:
             self.broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
-            self.store = RedisRunStore(redis.Redis.from_url(settings.redis_url))
+        self.store: RunStore = store_for(settings)
 
         dramatiq.set_broker(self.broker)
         self.actors = PipelineActors(self.broker, settings, self.store)

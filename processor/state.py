@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 import msgspec
 import redis
 
+from processor.config import Settings
 from processor.errors import ConfigurationError
 from processor.plugins import PluginCounts
 from processor.processing import Summary
@@ -236,3 +237,10 @@ def _valid_run_id(run_id: str) -> bool:
 
 def _text(value: bytes) -> str:
     return value.decode()
+
+
+def store_for(settings: Settings) -> RunStore:
+    """Return the run store that ``settings`` select: Redis, or local files."""
+    if settings.redis_url is None:
+        return FileRunStore(settings.state_dir / "runs")
+    return RedisRunStore(redis.Redis.from_url(settings.redis_url))

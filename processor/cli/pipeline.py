@@ -1,24 +1,20 @@
-"""The ``processor`` command line."""
+"""``processor run`` and ``processor replay``: one pass of the pipeline."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
-import msgspec
-import redis
 
 from processor.app import App
+from processor.cli import cli
 from processor.config import Settings
-from processor.errors import ConfigurationError, ProcessorError
-from processor.logs import configure_logging
+from processor.errors import ProcessorError
 from processor.report import Progress, summary_json, summary_text
 from processor.sandbox.faults import FAULTS
 from processor.state import SUCCEEDED, FileRunStore, Run, new_run_id
@@ -26,35 +22,6 @@ from processor.state import SUCCEEDED, FileRunStore, Run, new_run_id
 logger = logging.getLogger(__name__)
 
 DEFAULT_SANDBOX_EVENTS = 10_000
-
-
-def main() -> None:
-    """Run the command line, turning configuration errors into exit code 2."""
-    try:
-        cli(standalone_mode=True)
-    except ConfigurationError as error:
-        click.echo(f"Error: {error}", err=True)
-        sys.exit(2)
-    except redis.ConnectionError as error:
-        click.echo(
-            f"Error: Redis at REDIS_URL is unreachable ({error}); start it, fix "
-            "REDIS_URL, or unset REDIS_URL to run on the embedded broker.",
-            err=True,
-        )
-        sys.exit(1)
-
-
-@click.group()
-@click.version_option(package_name="buttondown-processor")
-@click.option(
-    "--log-level",
-    default=None,
-    help="Log level: DEBUG, INFO, WARNING or ERROR. "
-    "[default: PROCESSOR_LOG_LEVEL or INFO]",
-)
-def cli(log_level: str | None) -> None:
-    """Process Buttondown email events: export, poll, download, parse, dispatch."""
-    configure_logging(log_level)
 
 
 @cli.command()
@@ -109,7 +76,8 @@ def run(
     if faults and not sandbox:
         raise click.UsageError("--fault applies only with --sandbox.")
 
-    with _sandbox_settings(settings, sandbox, events, _expand(faults)) as settings:
+    faults_on = expand_faults(faults)
+    with _sandbox_settings(settings, sandbox, events, faults_on) as settings:
         if settings.redis_url is None:
             logger.info(
                 "Running on the embedded broker; run records go to %s.",
@@ -178,7 +146,7 @@ def _sandbox_delays() -> dict[str, float]:
     }
 
 
-def _expand(faults: tuple[str, ...]) -> list[str]:
+def expand_faults(faults: tuple[str, ...]) -> list[str]:
     if "all" in faults:
         return list(FAULTS)
     return list(dict.fromkeys(faults))
@@ -270,135 +238,6 @@ def replay(file: Path, as_json: bool) -> None:
     run = store.update(run.run_id, finish)
     _print_summary(run, as_json)
     sys.exit(0 if run.status == SUCCEEDED else 1)
-
-
-@cli.command()
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8025,
-    show_default=True,
-    help="TCP port on 127.0.0.1; 0 picks a free one.",
-)
-@click.option(
-    "--events",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SANDBOX_EVENTS,
-    show_default=True,
-    help="Events in each generated export.",
-)
-@click.option(
-    "--polls-to-ready",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="Retrieves of an export before it turns ready.",
-)
-@click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    type=click.Choice([*FAULTS, "all"]),
-    help="Inject this fault; repeat the option for several, or pass 'all'.",
-)
-@click.option(
-    "--api-key",
-    default=None,
-    help="Accept only this API key. [default: any non-empty key]",
-)
-def sandbox(
-    port: int,
-    events: int,
-    polls_to_ready: int,
-    faults: tuple[str, ...],
-    api_key: str | None,
-) -> None:
-    """Serve a Buttondown-compatible Exports API on 127.0.0.1."""
-    from processor.sandbox import SandboxServer
-
-    try:
-        server = SandboxServer(
-            port=port,
-            events=events,
-            polls_to_ready=polls_to_ready,
-            api_key=api_key,
-            faults=_expand(faults),
-        )
-    except OSError as error:
-        raise click.ClickException(
-            f"cannot listen on 127.0.0.1:{port} ({error.strerror}); pick another "
-            "--port, or 0 for a free one."
-        ) from None
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
-
-    click.echo(
-        f"Sandbox Exports API at {server.api_url} ({events:,} events per export)."
-    )
-    click.echo(f"Point the processor at it with BUTTONDOWN_API_URL={server.api_url}")
-
-    # SIGTERM (from a process manager) stops the server like Ctrl-C, so its
-    # generated files are removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
-@cli.group(invoke_without_command=True)
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="How many runs to list.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.pass_context
-def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """List recent runs, newest first."""
-    if ctx.invoked_subcommand is not None:
-        return
-
-    recent = _store(Settings.from_env()).recent(limit)
-    if as_json:
-        click.echo(msgspec.json.encode(recent).decode())
-        return
-    for run in recent:
-        click.echo(
-            f"{run.run_id}  {run.status:<10}  {run.export_id or '-':<32}  "
-            f"{run.events:>10,} events"
-        )
-
-
-@runs.command("show")
-@click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
-def runs_show(run_id: str, as_json: bool) -> None:
-    """Show one run: status, export id, counts and last error."""
-    run = _store(Settings.from_env()).get(run_id)
-    if run is None:
-        raise click.ClickException(
-            f"no run has the id {run_id!r}; `processor runs` lists recent ones."
-        )
-    if as_json:
-        click.echo(msgspec.json.encode(run).decode())
-    else:
-        click.echo(summary_text(run))
-
-
-def _store(settings: Settings) -> Any:
-    if settings.redis_url is None:
-        return FileRunStore(settings.state_dir / "runs")
-
-    import redis
-
-    from processor.state import RedisRunStore
-
-    return RedisRunStore(redis.Redis.from_url(settings.redis_url))
 
 
 def _print_summary(run: Run, as_json: bool) -> None:
