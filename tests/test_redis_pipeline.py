@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,53 @@ def test_worker_refuses_missing_redis_url(
 
     assert result.returncode != 0
     assert "REDIS_URL is not set" in result.stderr
+
+
+def test_trigger_then_worker_completes(
+    worker: subprocess.Popen[bytes], worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    processor = str(BIN / "processor")
+    triggered = subprocess.run(
+        [processor, "trigger", "--json"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert triggered.returncode == 0, triggered.stderr
+    run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+
+    deadline = time.monotonic() + 120
+    while True:
+        shown = subprocess.run(
+            [processor, "runs", "show", run_id, "--json"],
+            env=worker_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        record = json.loads(shown.stdout)
+        if record["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+
+    assert record["status"] == "succeeded", record["error"]
+    assert record["events"] == 250
+    assert record["plugins"]["archive"]["handled"] == 250
+
+
+def test_trigger_needs_redis(worker_env: dict[str, str], tmp_path: Path) -> None:
+    del worker_env["REDIS_URL"]
+    result = subprocess.run(
+        [str(BIN / "processor"), "trigger"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "needs the Redis broker" in result.stderr

@@ -1,0 +1,77 @@
+"""``processor trigger`` and ``processor worker``: runs on the Redis broker."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import msgspec
+
+from processor.app import App
+from processor.cli import cli
+from processor.config import Settings
+from processor.errors import ConfigurationError
+
+
+def _redis_settings(command: str) -> Settings:
+    settings = Settings.from_env()
+    if settings.redis_url is None:
+        raise ConfigurationError(
+            f"processor {command} needs the Redis broker, and REDIS_URL is not "
+            "set. Set REDIS_URL (such as redis://127.0.0.1:6379/0), or use "
+            "`processor run` to run the pipeline in this process."
+        )
+    return settings
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"run_id": ...} as JSON.')
+def trigger(as_json: bool) -> None:
+    """Enqueue a run for the workers and print its run id."""
+    settings = _redis_settings("trigger")
+
+    with App(settings) as app:
+        run = app.actors.start_run()
+
+    if as_json:
+        click.echo(msgspec.json.encode({"run_id": run.run_id}).decode())
+    else:
+        click.echo(run.run_id)
+
+
+@cli.command()
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker processes to start.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Worker threads in each process.",
+)
+def worker(processes: int, threads: int) -> None:
+    """Start dramatiq workers for the pipeline's actors on Redis.
+
+    The settings are checked here first, so a bad value ends with one clear
+    line instead of a traceback from each worker process.
+    """
+    _redis_settings("worker")
+
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "processor.worker",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+    # dramatiq takes over this process, so signals reach it directly.
+    os.execv(sys.executable, command)
