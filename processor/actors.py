@@ -94,9 +94,22 @@ class PipelineActors:
         )(self._retries_exhausted)
 
     def start_run(self, parameters: dict[str, Any] | None = None) -> Run:
-        """Record a new run and enqueue its trigger message."""
-        run = Run(run_id=state.new_run_id(), parameters=parameters)
-        self.store.create(run)
+        """Record a new run and enqueue its trigger message.
+
+        While a run for the same newsletter, collection and parameters is
+        unfinished, that run is returned instead and nothing is enqueued.
+        """
+        key = state.flight_key(self.settings.newsletter_id, "events", parameters)
+        candidate = Run(run_id=state.new_run_id(), parameters=parameters)
+        run = self.store.create_single(candidate, key)
+        if run.run_id != candidate.run_id:
+            logger.info(
+                "Run %s is already in flight for the same export; not starting "
+                "another.",
+                run.run_id,
+            )
+            return run
+
         self.trigger.send(run.run_id)
         logger.info("Run %s queued.", run.run_id)
         return run

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -35,6 +36,13 @@ PROCESSING = "processing"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED})
+
+# A waiting run is updated at least once per poll (at most a minute apart by
+# default) and a processing run every half second, so a run silent for this
+# long has lost its messages.
+# NOTE: a run that sits queued this long because no worker is running also
+# counts as abandoned, and a second trigger then starts another run.
+ABANDONED_AFTER = timedelta(minutes=15)
 
 
 def utc_now() -> datetime:
@@ -74,6 +82,16 @@ class Run(msgspec.Struct, kw_only=True):
         """Whether the run has succeeded or failed."""
         return self.status in FINISHED_STATUSES
 
+    def in_flight(self) -> bool:
+        """Whether the run is unfinished and was updated recently.
+
+        A run that has not changed for ``ABANDONED_AFTER`` lost its messages
+        (its process died, say), so it no longer blocks a new run.
+        """
+        if self.finished:
+            return False
+        return utc_now() - self.updated_at < ABANDONED_AFTER
+
     def fail(self, reason: str) -> None:
         """Mark the run failed with ``reason``."""
         self.status = FAILED
@@ -97,10 +115,25 @@ class RunNotFound(KeyError):
     """No run has the requested id."""
 
 
+def flight_key(newsletter_id: str | None, collection: str, parameters: Any) -> str:
+    """Return the key that identifies runs doing the same work.
+
+    Two runs for the same newsletter, collection and parameters would ask
+    Buttondown for the same export, so only one may be in flight at a time.
+    """
+    identity = [newsletter_id, collection, parameters]
+    return hashlib.sha256(msgspec.json.encode(identity, order="sorted")).hexdigest()
+
+
 class RunStore(Protocol):
     """Storage for run records."""
 
     def create(self, run: Run) -> None: ...
+
+    def create_single(self, run: Run, key: str) -> Run:
+        """Create ``run`` unless an unfinished run holds ``key``; return the
+        run that holds it now."""
+        ...
 
     def get(self, run_id: str) -> Run | None: ...
 
@@ -111,6 +144,7 @@ class RunStore(Protocol):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Run)
+_flight_decoder = msgspec.json.Decoder(dict[str, str])
 
 
 class FileRunStore:
@@ -130,6 +164,21 @@ class FileRunStore:
     def create(self, run: Run) -> None:
         with self._locked(run.run_id):
             self._write(run)
+
+    def create_single(self, run: Run, key: str) -> Run:
+        flights = self.directory / ".flights.json"
+        with self._locked(run.run_id):
+            owners = (
+                _flight_decoder.decode(flights.read_bytes()) if flights.exists() else {}
+            )
+            existing = self.get(owners.get(key, ""))
+            if existing is not None and existing.in_flight():
+                return existing
+
+            self._write(run)
+            owners[key] = run.run_id
+            _write_atomic(flights, _encoder.encode(owners), self.directory)
+        return run
 
     def get(self, run_id: str) -> Run | None:
         if not _valid_run_id(run_id):
@@ -173,14 +222,7 @@ class FileRunStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write(self, run: Run) -> None:
-        # Write to a temporary file and rename it, so a reader never sees a
-        # half-written record.
-        handle, name = tempfile.mkstemp(
-            dir=self.directory, prefix=".run-", suffix=".tmp"
-        )
-        with os.fdopen(handle, "wb") as file:
-            file.write(_encoder.encode(run))
-        os.replace(name, self._path(run.run_id))
+        _write_atomic(self._path(run.run_id), _encoder.encode(run), self.directory)
 
 
 class RedisRunStore:
@@ -188,6 +230,7 @@ class RedisRunStore:
 
     KEY_PREFIX = "processor:run:"
     INDEX_KEY = "processor:runs"
+    FLIGHT_PREFIX = "processor:flight:"
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -197,6 +240,29 @@ class RedisRunStore:
             pipe.set(self._key(run.run_id), _encoder.encode(run))
             pipe.zadd(self.INDEX_KEY, {run.run_id: run.created_at.timestamp()})
             pipe.execute()
+
+    def create_single(self, run: Run, key: str) -> Run:
+        flight = f"{self.FLIGHT_PREFIX}{key}"
+        result: list[Run] = []
+
+        def apply(pipe: Any) -> None:
+            owner = pipe.get(flight)
+            raw = pipe.get(self._key(_text(owner))) if owner is not None else None
+            existing = _decoder.decode(raw) if raw is not None else None
+            if existing is not None and existing.in_flight():
+                result.append(existing)
+                return
+
+            pipe.multi()
+            pipe.set(self._key(run.run_id), _encoder.encode(run))
+            pipe.zadd(self.INDEX_KEY, {run.run_id: run.created_at.timestamp()})
+            pipe.set(flight, run.run_id)
+            result.append(run)
+
+        # WATCH on the flight key makes two triggers at once serialize: the
+        # second one's transaction fails, is retried, and finds the first run.
+        self.client.transaction(apply, flight)
+        return result[-1]
 
     def get(self, run_id: str) -> Run | None:
         raw = self.client.get(self._key(run_id))
@@ -229,6 +295,15 @@ class RedisRunStore:
 
     def _key(self, run_id: str) -> str:
         return f"{self.KEY_PREFIX}{run_id}"
+
+
+def _write_atomic(path: Path, data: bytes, directory: Path) -> None:
+    # Write to a temporary file and rename it, so a reader never sees a
+    # half-written file.
+    handle, name = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tmp")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    os.replace(name, path)
 
 
 def _valid_run_id(run_id: str) -> bool:

@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from processor.sandbox import SandboxServer
@@ -116,6 +118,26 @@ def test_worker_refuses_missing_redis_url(
     assert "REDIS_URL is not set" in result.stderr
 
 
+def wait_for_run(run_id: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Poll `processor runs show` until the run finishes or two minutes pass."""
+    deadline = time.monotonic() + 120
+    while True:
+        shown = subprocess.run(
+            [str(BIN / "processor"), "runs", "show", run_id, "--json"],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        record: dict[str, Any] = json.loads(shown.stdout)
+        if record["status"] in ("succeeded", "failed"):
+            return record
+        assert time.monotonic() < deadline, f"run {run_id} is still {record['status']}"
+        time.sleep(0.5)
+
+
 def test_trigger_then_worker_completes(
     worker: subprocess.Popen[bytes], worker_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -131,20 +153,7 @@ def test_trigger_then_worker_completes(
     assert triggered.returncode == 0, triggered.stderr
     run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
 
-    deadline = time.monotonic() + 120
-    while True:
-        shown = subprocess.run(
-            [processor, "runs", "show", run_id, "--json"],
-            env=worker_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        record = json.loads(shown.stdout)
-        if record["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    record = wait_for_run(run_id, worker_env, tmp_path)
 
     assert record["status"] == "succeeded", record["error"]
     assert record["events"] == 250
@@ -164,3 +173,44 @@ def test_trigger_needs_redis(worker_env: dict[str, str], tmp_path: Path) -> None
 
     assert result.returncode == 2
     assert "needs the Redis broker" in result.stderr
+
+
+def test_two_triggers_at_once_one_export(
+    worker_env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    command = [str(BIN / "processor"), "trigger", "--json"]
+    triggers = [
+        subprocess.Popen(
+            command,
+            env=worker_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=60) for process in triggers]
+    run_ids = {json.loads(stdout.splitlines()[-1])["run_id"] for stdout, _ in outputs}
+
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        procfile_command("worker"),
+        env=worker_env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert len(run_ids) == 1, run_ids
+        record = wait_for_run(run_ids.pop(), worker_env, tmp_path)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        log.close()
+    exports = httpx.get(
+        f"{sandbox.api_url}/exports", headers={"Authorization": "Token test-key"}
+    ).json()
+
+    assert record["status"] == "succeeded"
+    assert exports["count"] == 1

@@ -8,6 +8,7 @@ import redis
 
 from processor.plugins import PluginCounts
 from processor.state import (
+    ABANDONED_AFTER,
     FAILED,
     SUCCEEDED,
     FileRunStore,
@@ -15,6 +16,7 @@ from processor.state import (
     Run,
     RunNotFound,
     RunStore,
+    flight_key,
     new_run_id,
 )
 
@@ -117,3 +119,68 @@ def test_file_store_rejects_path_in_run_id(tmp_path: Path) -> None:
 
     with pytest.raises(RunNotFound):
         store.update("run_../../etc/passwd", lambda run: None)
+
+
+def test_create_single_returns_run_in_flight(store: RunStore) -> None:
+    first = store.create_single(Run(run_id=new_run_id()), "key")
+
+    second = store.create_single(Run(run_id="run_20990101T000000_bbbbbb"), "key")
+
+    assert second.run_id == first.run_id
+    assert store.get("run_20990101T000000_bbbbbb") is None
+
+
+def test_create_single_after_finish_starts_new(store: RunStore) -> None:
+    first = store.create_single(Run(run_id=new_run_id()), "key")
+    store.update(first.run_id, lambda run: run.succeed())
+
+    second = store.create_single(Run(run_id="run_20990101T000000_cccccc"), "key")
+
+    assert second.run_id == "run_20990101T000000_cccccc"
+
+
+def test_create_single_other_key_independent(store: RunStore) -> None:
+    first = store.create_single(Run(run_id=new_run_id()), "key-a")
+
+    second = store.create_single(Run(run_id="run_20990101T000000_dddddd"), "key-b")
+
+    assert second.run_id != first.run_id
+
+
+def test_create_single_abandoned_run_replaced(store: RunStore) -> None:
+    first = store.create_single(Run(run_id=new_run_id()), "key")
+    stale = store.get(first.run_id)
+    assert stale is not None
+    stale.updated_at -= ABANDONED_AFTER
+    store.create(stale)
+
+    second = store.create_single(Run(run_id="run_20990101T000000_eeeeee"), "key")
+
+    assert second.run_id == "run_20990101T000000_eeeeee"
+
+
+def test_create_single_concurrent_one_run(store: RunStore) -> None:
+    winners: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def trigger(index: int) -> None:
+        barrier.wait()
+        run = Run(run_id=f"run_20990101T000000_{index:06d}")
+        winners.append(store.create_single(run, "key").run_id)
+
+    threads = [threading.Thread(target=trigger, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(set(winners)) == 1
+    assert len(store.recent(10)) == 1
+
+
+def test_flight_key_ignores_parameter_order() -> None:
+    first = flight_key("nl_1", "events", {"a": 1, "b": 2})
+    second = flight_key("nl_1", "events", {"b": 2, "a": 1})
+
+    assert first == second
+    assert flight_key("nl_2", "events", {"a": 1, "b": 2}) != first
