@@ -15,7 +15,7 @@ fault, or one retry too many, marks the run failed with the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,9 @@ from processor.errors import (
 )
 from processor.plugins import Dispatcher, RunInfo, load_plugins
 from processor.processing import Summary, process_file
-from processor.redact import scrub_credentials
-from processor.retry import backoff, retry_delay
+from processor.retry import backoff
 from processor.state import Run, RunStore
+from processor.steps import StepBase
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,14 @@ QUEUE_NAME = "processor"
 # minutes would cut exports of millions of events short.
 PROCESS_TIME_LIMIT_MS = 6 * 60 * 60 * 1000
 
+# Seconds a processing step's lease lasts past its last progress update.
+PROCESS_LEASE_SECONDS = 300
+
 # Faults that a later attempt of the same step may not hit.
 RETRYABLE = (TransientApiError, IncompleteDownload, DownloadExpired)
 
-Resend = Callable[[float], None]
 
-
-class PipelineActors:
+class PipelineActors(StepBase):
     """Declares the pipeline's actors on ``broker``, with the settings and store."""
 
     def __init__(
@@ -118,105 +119,124 @@ class PipelineActors:
         return ExportsClient.from_settings(self.settings, self.rate_limits)
 
     def _trigger(self, run_id: str) -> None:
-        run = self.store.get(run_id)
-        if run is None or run.status not in (state.QUEUED, state.EXPORTING):
-            logger.info(
-                "Trigger for run %s skipped: it is %s.", run_id, run and run.status
-            )
-            return
-
         def resend(delay: float) -> None:
             self.trigger.send_with_options(args=(run_id,), delay=_ms(delay))
 
-        if self._throttled(run_id, resend):
-            return
+        def accepts(run: Run) -> bool:
+            return run.status in (state.QUEUED, state.EXPORTING)
 
-        self._set(run_id, status=state.EXPORTING)
+        claim = self._claim(run_id, "Trigger", accepts, self._api_lease(), resend)
+        if claim is None:
+            return
+        run, token = claim
         try:
-            with self._client() as client:
-                export = client.create_export(["events"], parameters=run.parameters)
-        except RETRYABLE as error:
-            self._retry_later(run_id, error, resend)
-            return
-        except ProcessorError as error:
-            self._fail(run_id, f"Creating the events export failed: {error}")
-            return
+            if self._throttled(run_id, token, resend):
+                return
 
-        self._set(
-            run_id,
-            status=state.WAITING,
-            export_id=export.id,
-            export_status=export.status,
-            retries=0,
-        )
-        logger.info(
-            "Run %s requested export %s (status %s).", run_id, export.id, export.status
-        )
-        self._send_poll(run_id, 0)
+            self._set(run_id, status=state.EXPORTING)
+            try:
+                with self._client() as client:
+                    export = client.create_export(["events"], parameters=run.parameters)
+            except RETRYABLE as error:
+                self._retry_later(run_id, token, error, resend)
+                return
+            except ProcessorError as error:
+                self._fail(run_id, f"Creating the events export failed: {error}")
+                return
+
+            self._set(
+                run_id,
+                status=state.WAITING,
+                export_id=export.id,
+                export_status=export.status,
+                retries=0,
+            )
+            logger.info(
+                "Run %s requested export %s (status %s).",
+                run_id,
+                export.id,
+                export.status,
+            )
+            self._send_poll(run_id, token, 0)
+        except BaseException:
+            # An unexpected error leaves the lease free for the retry.
+            self._release_quietly(run_id, token)
+            raise
 
     def _poll(self, run_id: str, attempt: int) -> None:
-        run = self.store.get(run_id)
-        if run is None or run.status != state.WAITING or run.export_id is None:
-            logger.debug(
-                "Poll %d for run %s skipped: it is %s.",
-                attempt,
-                run_id,
-                run and run.status,
-            )
-            return
-
-        waited = state.utc_now() - run.created_at
-        if waited > timedelta(seconds=self.settings.poll_deadline):
-            self._fail(
-                run_id,
-                f"Export {run.export_id} not ready after "
-                f"{self.settings.poll_deadline:g} "
-                f"seconds (last status {run.export_status!r}); raise "
-                "PROCESSOR_POLL_DEADLINE if exports of this size take longer.",
-            )
-            return
-
         def resend(delay: float) -> None:
             self.poll.send_with_options(args=(run_id, attempt), delay=_ms(delay))
 
-        if self._throttled(run_id, resend):
-            return
+        def accepts(run: Run) -> bool:
+            # Only the poll the chain expects next goes on, so a duplicated
+            # or redelivered older poll cannot start a second chain.
+            return (
+                run.status == state.WAITING
+                and run.export_id is not None
+                and run.poll_attempt == attempt
+            )
 
+        what = f"Poll {attempt}"
+        claim = self._claim(run_id, what, accepts, self._api_lease(), resend)
+        if claim is None:
+            return
+        run, token = claim
         try:
-            with self._client() as client:
-                export = client.get_export(run.export_id)
-        except RETRYABLE as error:
-            self._retry_later(run_id, error, resend)
-            return
-        except ExportNotFound:
-            self._fail(
-                run_id,
-                f"Export {run.export_id} was not found (404); it may have been "
-                "deleted. Start a new run.",
-            )
-            return
-        except ApiError as error:
-            self._fail(run_id, f"Checking export {run.export_id} failed: {error}")
-            return
+            assert run.export_id is not None
 
-        self._record_poll(run, export.status)
-        if export.state == READY and export.url:
-            self._hand_off(run_id)
-        elif export.state == ERROR:
-            self._fail(
-                run_id,
-                f"Buttondown reported export {export.id} as failed "
-                f"(status {export.status!r}).",
-            )
-        else:
-            if not export.is_known_status:
-                logger.warning(
-                    "Export %s of run %s has the unknown status %r; polling on.",
-                    export.id,
+            waited = state.utc_now() - run.created_at
+            if waited > timedelta(seconds=self.settings.poll_deadline):
+                self._fail(
                     run_id,
-                    export.status,
+                    f"Export {run.export_id} not ready after "
+                    f"{self.settings.poll_deadline:g} "
+                    f"seconds (last status {run.export_status!r}); raise "
+                    "PROCESSOR_POLL_DEADLINE if exports of this size take longer.",
                 )
-            self._send_poll(run_id, attempt + 1)
+                return
+
+            if self._throttled(run_id, token, resend):
+                return
+
+            try:
+                with self._client() as client:
+                    export = client.get_export(run.export_id)
+            except RETRYABLE as error:
+                self._retry_later(run_id, token, error, resend)
+                return
+            except ExportNotFound:
+                self._fail(
+                    run_id,
+                    f"Export {run.export_id} was not found (404); it may have been "
+                    "deleted. Start a new run.",
+                )
+                return
+            except ApiError as error:
+                self._fail(run_id, f"Checking export {run.export_id} failed: {error}")
+                return
+
+            self._record_poll(run, export.status)
+            if export.state == READY and export.url:
+                self._hand_off(run_id, token)
+            elif export.state == ERROR:
+                self._fail(
+                    run_id,
+                    f"Buttondown reported export {export.id} as failed "
+                    f"(status {export.status!r}).",
+                )
+            else:
+                if not export.is_known_status:
+                    logger.warning(
+                        "Export %s of run %s has the unknown status %r; polling on.",
+                        export.id,
+                        run_id,
+                        export.status,
+                    )
+                self._send_poll(run_id, token, attempt + 1)
+        except BaseException:
+            # An unexpected error leaves the lease free for the retry.
+            self._release_quietly(run_id, token)
+            raise
 
     def _record_poll(self, run: Run, export_status: str) -> None:
         def change(current: Run) -> None:
@@ -240,20 +260,40 @@ class PipelineActors:
                 export_status,
             )
 
-    def _hand_off(self, run_id: str) -> None:
+    def _hand_off(self, run_id: str, token: str) -> None:
         moved = False
 
         def change(run: Run) -> None:
             nonlocal moved
-            moved = run.status == state.WAITING
+            moved = run.status == state.WAITING and run.lease == token
             if moved:
                 run.status = state.PROCESSING
+                run.release(token)
 
         self.store.update(run_id, change)
         if moved:
             self.process.send(run_id)
 
-    def _send_poll(self, run_id: str, attempt: int) -> None:
+    def _send_poll(self, run_id: str, token: str, attempt: int) -> None:
+        """Move the poll chain to ``attempt`` and enqueue that poll.
+
+        The chain moves only while ``token`` holds the lease, so of two
+        copies of one poll, only one sends the next.
+        """
+        moved = False
+
+        def change(run: Run) -> None:
+            nonlocal moved
+            moved = run.lease == token
+            if moved:
+                run.poll_attempt = attempt
+                run.release(token)
+
+        self.store.update(run_id, change)
+        if not moved:
+            logger.info("Run %s: another worker took over the poll chain.", run_id)
+            return
+
         delay = backoff(
             attempt, self.settings.poll_min_delay, self.settings.poll_max_delay
         )
@@ -261,73 +301,85 @@ class PipelineActors:
         self.poll.send_with_options(args=(run_id, attempt), delay=_ms(delay))
 
     def _process(self, run_id: str) -> None:
-        run = self.store.get(run_id)
-        if run is None or run.status != state.PROCESSING or run.export_id is None:
-            logger.info(
-                "Process for run %s skipped: it is %s.", run_id, run and run.status
-            )
-            return
-
         def resend(delay: float) -> None:
             self.process.send_with_options(args=(run_id,), delay=_ms(delay))
 
-        if self._throttled(run_id, resend):
-            return
+        def accepts(run: Run) -> bool:
+            return run.status == state.PROCESSING and run.export_id is not None
 
+        # The lease covers the whole download; while parsing, each progress
+        # update extends it.
+        lease = self.settings.download_deadline + PROCESS_LEASE_SECONDS
+        claim = self._claim(run_id, "Process", accepts, lease, resend)
+        if claim is None:
+            return
+        run, token = claim
         try:
-            path = self._fetch_file(run_id, run.export_id)
-        except RETRYABLE as error:
-            self._retry_later(run_id, error, resend)
-            return
-        except ProcessorError as error:
-            self._fail(run_id, f"Fetching export {run.export_id} failed: {error}")
-            return
+            assert run.export_id is not None
 
-        # Once events reach the plugins the step is never retried, so a fault
-        # in the middle of the file fails the run instead of handing the
-        # events before it to the plugins again.
-        # NOTE: a new run of the same export still hands them over again.
-        try:
-            summary = process_file(
-                path,
-                Dispatcher(load_plugins()),
-                RunInfo(run_id=run_id, export_id=run.export_id),
-                on_progress=lambda progress: self._record_counts(run_id, progress),
-            )
-        except RunStopped as stopped:
-            logger.info("Run %s stopped while processing: %s", run_id, stopped)
-            return
-        except ProcessorError as error:
-            self._fail(run_id, f"Parsing export {run.export_id} failed: {error}")
-            return
-        except Exception as error:
-            logger.exception(
-                "Run %s hit an unexpected error while processing export %s.",
+            if self._throttled(run_id, token, resend):
+                return
+
+            try:
+                path = self._fetch_file(run_id, run.export_id)
+            except RETRYABLE as error:
+                self._retry_later(run_id, token, error, resend)
+                return
+            except ProcessorError as error:
+                self._fail(run_id, f"Fetching export {run.export_id} failed: {error}")
+                return
+
+            # Once events reach the plugins the step is never retried, so a fault
+            # in the middle of the file fails the run instead of handing the
+            # events before it to the plugins again.
+            # NOTE: a new run of the same export still hands them over again.
+            try:
+                summary = process_file(
+                    path,
+                    Dispatcher(load_plugins()),
+                    RunInfo(run_id=run_id, export_id=run.export_id),
+                    on_progress=lambda progress: self._record_counts(
+                        run_id, token, progress
+                    ),
+                )
+            except RunStopped as stopped:
+                logger.info("Run %s stopped while processing: %s", run_id, stopped)
+                return
+            except ProcessorError as error:
+                self._fail(run_id, f"Parsing export {run.export_id} failed: {error}")
+                return
+            except Exception as error:
+                logger.exception(
+                    "Run %s hit an unexpected error while processing export %s.",
+                    run_id,
+                    run.export_id,
+                )
+                self._fail(
+                    run_id,
+                    f"Processing export {run.export_id} stopped on an unexpected "
+                    f"{type(error).__name__}: {self._scrub(str(error))}. The worker "
+                    "log has the traceback.",
+                )
+                return
+            finally:
+                path.unlink(missing_ok=True)
+
+            def finish(current: Run) -> None:
+                current.record_counts(summary)
+                current.retries = 0
+                current.succeed()
+
+            self.store.update(run_id, finish)
+            logger.info(
+                "Run %s succeeded: %d events, %d rejected.",
                 run_id,
-                run.export_id,
+                summary.events,
+                summary.rejected,
             )
-            self._fail(
-                run_id,
-                f"Processing export {run.export_id} stopped on an unexpected "
-                f"{type(error).__name__}: {self._scrub(str(error))}. The worker "
-                "log has the traceback.",
-            )
-            return
-        finally:
-            path.unlink(missing_ok=True)
-
-        def finish(current: Run) -> None:
-            current.record_counts(summary)
-            current.retries = 0
-            current.succeed()
-
-        self.store.update(run_id, finish)
-        logger.info(
-            "Run %s succeeded: %d events, %d rejected.",
-            run_id,
-            summary.events,
-            summary.rejected,
-        )
+        except BaseException:
+            # An unexpected error leaves the lease free for the retry.
+            self._release_quietly(run_id, token)
+            raise
 
     def _fetch_file(self, run_id: str, export_id: str) -> Path:
         """Download the export's file, with one fresh URL if the first expired."""
@@ -352,51 +404,15 @@ class PipelineActors:
 
             return download(_download_url(client, export_id), directory, limits)
 
-    def _throttled(self, run_id: str, resend: Resend) -> bool:
-        wait = self.rate_limits.wait_time()
-        if wait <= 0:
-            return False
+    def _record_counts(self, run_id: str, token: str, summary: Summary) -> None:
+        def change(run: Run) -> None:
+            run.record_counts(summary)
+            if run.lease == token:
+                run.lease_until = time.time() + PROCESS_LEASE_SECONDS
 
-        wait = min(wait, self.settings.max_retry_after)
-        logger.info(
-            "Run %s waits %.1f seconds for the API's rate-limit window.", run_id, wait
-        )
-        resend(wait)
-        return True
-
-    def _retry_later(self, run_id: str, error: ProcessorError, resend: Resend) -> None:
-        def count(run: Run) -> None:
-            run.retries += 1
-            run.error = str(error)
-
-        run = self.store.update(run_id, count)
-        limit = self.settings.max_retries
-        if run.retries > limit:
-            self._fail(
-                run_id,
-                f"Gave up after {limit} retries; the last error was: {error}",
-            )
-            return
-
-        delay = retry_delay(error, run.retries, self.settings)
-        logger.warning(
-            "Run %s: %s Retrying in %.1f seconds (retry %d of %d).",
-            run_id,
-            error,
-            delay,
-            run.retries,
-            limit,
-        )
-        resend(delay)
-
-    def _record_counts(self, run_id: str, summary: Summary) -> None:
-        run = self.store.update(run_id, lambda current: current.record_counts(summary))
+        run = self.store.update(run_id, change)
         if run.status != state.PROCESSING:
             raise RunStopped(f"the run is now {run.status}: {run.error}")
-
-    def _scrub(self, text: str) -> str:
-        secrets = (self.settings.api_key,) if self.settings.api_key else ()
-        return scrub_credentials(text, secrets)
 
     def _retries_exhausted(
         self, message: dict[str, Any], retry_info: dict[str, Any]
@@ -412,17 +428,6 @@ class PipelineActors:
             f"{message.get('actor_name')} failed {retry_info.get('retries')} times "
             "with an unexpected error; see the worker log for the traceback.",
         )
-
-    def _set(self, run_id: str, **fields: Any) -> None:
-        def change(run: Run) -> None:
-            for name, value in fields.items():
-                setattr(run, name, value)
-
-        self.store.update(run_id, change)
-
-    def _fail(self, run_id: str, reason: str) -> None:
-        logger.error("Run %s failed: %s", run_id, reason)
-        self.store.update(run_id, lambda run: run.fail(reason))
 
 
 def _download_url(client: ExportsClient, export_id: str) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +69,9 @@ class Run(msgspec.Struct, kw_only=True):
     export_status: str | None = None
     polls: int = 0
     retries: int = 0
+    poll_attempt: int = 0
+    lease: str | None = None
+    lease_until: float = 0.0
     created_at: datetime = msgspec.field(default_factory=utc_now)
     updated_at: datetime = msgspec.field(default_factory=utc_now)
     finished_at: datetime | None = None
@@ -92,8 +96,30 @@ class Run(msgspec.Struct, kw_only=True):
             return False
         return utc_now() - self.updated_at < ABANDONED_AFTER
 
+    def claim(self, token: str, seconds: float) -> float:
+        """Take the lease for ``seconds`` under ``token``.
+
+        Returns 0 when the lease is taken, or the seconds left on another
+        holder's lease. A lease marks the run as being worked on by one copy
+        of a step's message, so that a duplicated or redelivered copy does
+        not do the same work twice.
+        """
+        now = time.time()
+        if self.lease is not None and self.lease != token and self.lease_until > now:
+            return self.lease_until - now
+        self.lease = token
+        self.lease_until = now + seconds
+        return 0.0
+
+    def release(self, token: str) -> None:
+        """Give up the lease if ``token`` holds it."""
+        if self.lease == token:
+            self.lease = None
+            self.lease_until = 0.0
+
     def fail(self, reason: str) -> None:
         """Mark the run failed with ``reason``."""
+        self.lease = None
         self.status = FAILED
         self.error = reason
         self.finished_at = utc_now()
@@ -107,6 +133,7 @@ class Run(msgspec.Struct, kw_only=True):
 
     def succeed(self) -> None:
         """Mark the run succeeded."""
+        self.lease = None
         self.status = SUCCEEDED
         self.finished_at = utc_now()
 

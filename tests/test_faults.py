@@ -116,7 +116,7 @@ def test_low_remaining_slows_down(
     archive_dir: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="processor.actors")
+    caplog.set_level(logging.INFO, logger="processor")
 
     run = run_against(faulty.api_url, fast)
 

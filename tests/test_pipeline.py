@@ -1,6 +1,7 @@
 """The whole pipeline on the embedded broker, against the sandbox API."""
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from processor.config import Settings
 from processor.events import Event
 from processor.parser import ParseStats
 from processor.sandbox import SandboxServer
-from processor.state import FAILED, SUCCEEDED
+from processor.state import FAILED, PROCESSING, SUCCEEDED, WAITING
 
 
 @pytest.fixture
@@ -145,3 +146,52 @@ def test_unexpected_error_mid_file_dispatches_once(
     assert run.plugins["archive"].handled == 100
     assert len(archived_lines(archive_dir)) == 100
     assert sandbox.requests <= 6
+
+
+def wait_for_status(app: App, run_id: str, status: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        run = app.store.get(run_id)
+        assert run is not None
+        if run.status == status:
+            return
+        assert time.monotonic() < deadline, f"run is still {run.status}"
+        time.sleep(0.01)
+
+
+def test_duplicate_messages_one_download(settings: Settings, archive_dir: Path) -> None:
+    # The redirect fault fires on every download, so its log counts them.
+    with SandboxServer(events=250, polls_to_ready=4, faults=["redirect"]) as server:
+        slow_polls = settings.replace(
+            api_url=server.api_url, poll_min_delay=0.3, poll_max_delay=0.3
+        )
+        app = App(slow_polls)
+        app.start_embedded_worker()
+        with app:
+            run_id = app.actors.start_run().run_id
+            wait_for_status(app, run_id, WAITING)
+            for attempt in (0, 0, 1, 1, 2):
+                app.actors.poll.send(run_id, attempt)
+            wait_for_status(app, run_id, PROCESSING)
+            for _ in range(3):
+                app.actors.process.send(run_id)
+            run = app.wait(run_id, timeout=60)
+        downloads = [entry for entry in server.fault_log if entry[0] == "redirect"]
+
+    assert run.status == SUCCEEDED
+    assert run.events == 250
+    assert len(downloads) == 1
+    assert len(archived_lines(archive_dir)) == 250
+
+
+def test_two_start_runs_share_one_run(settings: Settings, archive_dir: Path) -> None:
+    app = App(settings)
+    with app:
+        first = app.actors.start_run()
+        second = app.actors.start_run()
+        app.start_embedded_worker()
+        run = app.wait(first.run_id, timeout=60)
+
+    assert second.run_id == first.run_id
+    assert run.status == SUCCEEDED
+    assert len(archived_lines(archive_dir)) == 250
