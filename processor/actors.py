@@ -67,7 +67,7 @@ class PipelineActors(StepBase):
         self.store = store
         # One window per process: the API reports the account's window on
         # every response, whichever thread made the request.
-        self.rate_limits = RateLimitTracker()
+        self.rate_limits = RateLimitTracker(max_wait=settings.max_retry_after)
 
         # dramatiq's own retries only catch what the actors do not handle,
         # such as a lost Redis connection while a record is written.

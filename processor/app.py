@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # at a time, so a few threads leave room for retries and concurrent runs.
 EMBEDDED_WORKER_THREADS = 4
 EMBEDDED_WORKER_TIMEOUT_MS = 100
+EMBEDDED_STOP_TIMEOUT_MS = 10_000
 
 
 class App:
@@ -75,7 +76,9 @@ class App:
     def close(self) -> None:
         """Stop the embedded worker, if any, and close the broker."""
         if self._worker is not None:
-            self._worker.stop()
+            # A step stuck in a slow request should not hold the command
+            # for dramatiq's default ten minutes once its run has ended.
+            self._worker.stop(timeout=EMBEDDED_STOP_TIMEOUT_MS)
             self._worker = None
         self.broker.close()
 

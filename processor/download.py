@@ -20,6 +20,8 @@ import logging
 import os
 import tempfile
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -57,6 +59,13 @@ def check_download_url(url: str | httpx.URL) -> None:
     parts = urlsplit(str(url))
     host = parts.hostname or ""
 
+    if parts.username is not None or parts.password is not None:
+        # httpx would turn them into an Authorization header, which presigned
+        # storage rejects and which must never carry a credential there.
+        raise DownloadRejected(
+            f"export URL {redact_url(url)} contains a user name or password; "
+            "request a new export to get a presigned URL."
+        )
     if parts.scheme == "https" and host:
         return
     if parts.scheme == "http" and _is_loopback(host):
@@ -97,6 +106,9 @@ def _stream_to(url: str, file: IO[bytes], safe_url: str, limits: DownloadLimits)
 
     # Every request of the redirect chain is checked, so a redirect cannot
     # lead to plain http on a public host or to another scheme.
+    # NOTE: the deadline is checked between body reads only. A server that
+    # trickles its headers is bounded by the read timeout per byte, and httpx
+    # reads a redirect's body whole, outside the size limit.
     with httpx.Client(
         timeout=limits.timeouts,
         follow_redirects=True,
@@ -107,11 +119,10 @@ def _stream_to(url: str, file: IO[bytes], safe_url: str, limits: DownloadLimits)
             with client.stream("GET", httpx.URL(url)) as response:
                 _check_response(response, safe_url, limits)
                 size = 0
-                # iter_bytes undoes a Content-Encoding such as gzip, so the
-                # file on disk is the export itself. Without a chunk size it
-                # yields each read as it arrives, so the deadline is checked
-                # even while a server trickles bytes.
-                for chunk in response.iter_bytes():
+                # The chunks are the file itself, with any Content-Encoding
+                # undone. Each read is handled as it arrives, so the deadline
+                # is checked even while a server trickles bytes.
+                for chunk in _decoded_chunks(response, safe_url):
                     file.write(chunk)
                     size += len(chunk)
                     _check_progress(size, started, safe_url, limits)
@@ -136,6 +147,29 @@ def _stream_to(url: str, file: IO[bytes], safe_url: str, limits: DownloadLimits)
             "download is incomplete."
         )
     return size
+
+
+def _decoded_chunks(response: httpx.Response, safe_url: str) -> Iterator[bytes]:
+    if response.headers.get("Content-Encoding", "").strip().lower() != "gzip":
+        yield from response.iter_bytes()
+        return
+
+    # httpx's own gzip decoder accepts a stream that stops early, so a body
+    # cut short without a Content-Length would pass as whole. Decoding here
+    # checks that the gzip stream reached its end.
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        for raw in response.iter_raw():
+            yield decoder.decompress(raw)
+        yield decoder.flush()
+    except zlib.error as error:
+        raise IncompleteDownload(
+            f"GET {safe_url} sent a damaged gzip body ({error})."
+        ) from None
+    if not decoder.eof:
+        raise IncompleteDownload(
+            f"GET {safe_url} ended inside its gzip stream; the download is incomplete."
+        )
 
 
 def _check_response(

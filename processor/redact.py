@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 
 FILTERED = "[Filtered]"
 
-# Query parameters of S3 presigned URLs (both signature versions), which
-# grant access to the file.
+# Query parameters of presigned URLs that grant access to the file: S3 (both
+# signature versions), Google Cloud Storage, Azure SAS and CloudFront.
 _PRESIGNED = re.compile(
-    r"(X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|x-amz-security-token)"
+    r"(?<![\w-])(X-Amz-[A-Za-z-]+|X-Goog-[A-Za-z-]+|Signature|AWSAccessKeyId|GoogleAccessId"
+    r"|sig|Policy|Key-Pair-Id)"
     r"=[^&\s'\"\\]+",
     re.IGNORECASE,
 )

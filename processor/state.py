@@ -158,8 +158,10 @@ class RunStore(Protocol):
     def create(self, run: Run) -> None: ...
 
     def create_single(self, run: Run, key: str) -> Run:
-        """Create ``run`` unless an unfinished run holds ``key``; return the
-        run that holds it now."""
+        """Create ``run`` unless an unfinished run owns ``key``.
+
+        Returns the run that owns ``key`` afterwards.
+        """
         ...
 
     def get(self, run_id: str) -> Run | None: ...

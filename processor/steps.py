@@ -28,7 +28,7 @@ Resend = Callable[[float], None]
 
 
 class StepBase:
-    """What every actor step shares: the settings, the store and the lease."""
+    """Base of the actors: the settings, the store and the lease mechanics."""
 
     settings: Settings
     store: RunStore

@@ -8,12 +8,14 @@ import httpx
 import pytest
 
 from processor.api import Export, ExportsClient
+from processor.api.client import MAX_BODY_BYTES
 from processor.errors import (
     ApiError,
     ApiUnreachable,
     AuthenticationFailed,
     Conflict,
     ExportNotFound,
+    InvalidResponse,
     RateLimited,
     RequestRejected,
     ServerError,
@@ -307,3 +309,57 @@ def test_read_timeout_is_transient() -> None:
         client = ExportsClient(api_url=server.api_url, api_key="k", timeout=timeout)
         with client, pytest.raises(ApiUnreachable, match="timed out"):
             client.create_export(["events"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"detail": "API key test-key is not valid."}',
+        b'{"code": "bad_key_test-key", "detail": "No."}',
+        b"plain text mentioning test-key",
+    ],
+)
+def test_echoed_key_not_in_error(body: bytes) -> None:
+    with pytest.raises(AuthenticationFailed) as caught:
+        get_canned(Canned(status=401, body=body))
+
+    assert "test-key" not in str(caught.value)
+    assert "test-key" not in str(caught.value.code)
+    assert "test-key" not in str(caught.value.detail)
+
+
+def test_huge_body_stops_reading() -> None:
+    body = b"x" * (MAX_BODY_BYTES + 1)
+    with pytest.raises(InvalidResponse, match="stopped reading"):
+        get_canned(Canned(status=400, body=body))
+
+
+def test_export_id_quoted_into_path() -> None:
+    with (
+        serve({}) as stub,
+        client_for(f"{stub.url}/v1") as client,
+        pytest.raises(ExportNotFound),
+    ):
+        client.get_export("../../admin?x=1")
+
+    _, path, _ = stub.requests[0]
+    assert path == "/v1/exports/..%2F..%2Fadmin%3Fx%3D1"
+
+
+def test_redirect_names_location() -> None:
+    location = {"Location": "https://api.example/v1/exports/exp_1"}
+    with pytest.raises(ApiError, match=r"redirecting to https://api\.example/v1"):
+        get_canned(Canned(status=301, headers=location))
+
+
+def test_next_link_loop_detected() -> None:
+    with serve({}) as stub:
+        loop = f'{{"results": [], "count": 1, "next": "{stub.url}/v1/exports"}}'
+        stub.routes["/v1/exports"] = Canned(body=loop.encode())
+        with (
+            client_for(f"{stub.url}/v1") as client,
+            pytest.raises(InvalidResponse, match="already read"),
+        ):
+            list(client.list_exports())
+
+    assert len(stub.requests) == 1

@@ -215,3 +215,21 @@ def test_httpx_log_line_has_no_query(
 
     assert "X-Amz-Signature=[Filtered]" in caplog.text
     assert "abc123" not in caplog.text
+
+
+def test_userinfo_url_rejected() -> None:
+    with pytest.raises(DownloadRejected, match="user name or password"):
+        check_download_url("https://user:pass@bucket.example/export.zip")
+
+
+def test_gzip_cut_short_detected(tmp_path: Path) -> None:
+    body = gzip.compress(b"id,event_type\n" + b"1,opened\n" * 5000)
+    cut = body[: len(body) // 2]
+    canned = Canned(body=cut, headers={"Content-Encoding": "gzip"})
+    with (
+        serve({"/f": canned}) as stub,
+        pytest.raises(IncompleteDownload, match="ended inside its gzip stream"),
+    ):
+        download(f"{stub.url}/f", tmp_path)
+
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +267,23 @@ def test_secrets_absent_from_logs(
     assert "X-Amz-Signature=[Filtered]" in logged
     assert re.search(r"X-Amz-Signature=(?!\[Filtered\])", logged) is None
     assert re.search(r"X-Amz-Credential=(?!\[Filtered\])", logged) is None
+
+
+def test_huge_retry_after_capped(fast: Settings, archive_dir: Path) -> None:
+    throttled = Canned(
+        status=429,
+        body=b'{"detail": "Slow down."}',
+        headers={"Content-Type": "application/json", "Retry-After": "100000"},
+    )
+    started = time.monotonic()
+    with serve({"/v1/exports": throttled}) as stub:
+        settings = fast.replace(max_retry_after=0.2, max_retries=3)
+        run = run_against(f"{stub.url}/v1", settings)
+        requests = len(stub.requests)
+
+    assert run.status == FAILED
+    assert run.error is not None
+    assert "Gave up after 3 retries" in run.error
+    assert "429" in run.error
+    assert requests == 4
+    assert time.monotonic() - started < 30

@@ -91,3 +91,30 @@ def test_tracker_ignores_bad_headers() -> None:
     tracker.observe({"X-RateLimit-Remaining": "zero", "X-RateLimit-Reset": "later"})
 
     assert tracker.wait_time() == 0
+
+
+def test_parse_retry_after_superscript_digit() -> None:
+    assert parse_retry_after("²", NOW) is None
+
+
+def test_tracker_block_capped() -> None:
+    tracker = RateLimitTracker(clock=Clock(), max_wait=5)
+    tracker.block_for(100_000)
+
+    assert tracker.wait_time() == 5
+
+
+def test_tracker_far_reset_capped() -> None:
+    tracker = RateLimitTracker(clock=Clock(), max_wait=5)
+    tracker.observe(headers(remaining=0, reset_in=10**9))
+
+    assert tracker.wait_time() == 5
+
+
+def test_tracker_low_remaining_waits_once() -> None:
+    tracker = RateLimitTracker(clock=Clock())
+    tracker.observe(headers(remaining=0, reset_in=30))
+    first = tracker.wait_time()
+
+    assert first == pytest.approx(30)
+    assert tracker.wait_time() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -53,15 +54,14 @@ def worker_env(
     return env
 
 
-@pytest.fixture
-def worker(
-    worker_env: dict[str, str], tmp_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    log = (tmp_path / "worker.log").open("wb")
+@contextlib.contextmanager
+def running_worker(env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the Procfile's worker until the block ends, logging to worker.log."""
+    log = (cwd / "worker.log").open("wb")
     process = subprocess.Popen(
         procfile_command("worker"),
-        env=worker_env,
-        cwd=tmp_path,
+        env=env,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -75,6 +75,14 @@ def worker(
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with running_worker(worker_env, tmp_path) as process:
+        yield process
 
 
 def test_procfile_worker_runs_pipeline(
@@ -193,21 +201,9 @@ def test_two_triggers_at_once_one_export(
     outputs = [process.communicate(timeout=60) for process in triggers]
     run_ids = {json.loads(stdout.splitlines()[-1])["run_id"] for stdout, _ in outputs}
 
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        procfile_command("worker"),
-        env=worker_env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        assert len(run_ids) == 1, run_ids
+    assert len(run_ids) == 1, run_ids
+    with running_worker(worker_env, tmp_path):
         record = wait_for_run(run_ids.pop(), worker_env, tmp_path)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-        log.close()
     exports = httpx.get(
         f"{sandbox.api_url}/exports", headers={"Authorization": "Token test-key"}
     ).json()

@@ -1,7 +1,7 @@
 """A synchronous client for the Exports API on httpx.
 
 Every response is decoded into msgspec structs, and every failure raises a
-branch of ``ApiError`` (see ``processor.errors``) that tells the caller
+branch of ``ApiError`` (see ``processor.errors``) that shows the caller
 whether to retry. The client never sleeps and never retries by itself: the
 actors turn a ``TransientApiError`` into a delayed message, so no worker
 thread waits. The API key goes out only in the ``Authorization`` header of
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
@@ -35,7 +35,7 @@ from processor.errors import (
     RequestRejected,
     ServerError,
 )
-from processor.redact import install_log_redaction, scrub_credentials
+from processor.redact import install_log_redaction, redact_url, scrub_credentials
 
 logger = logging.getLogger(__name__)
 install_log_redaction()
@@ -44,6 +44,10 @@ T = TypeVar("T")
 
 # A guard against a `next` link that points back at an earlier page.
 MAX_PAGES = 10_000
+
+# Largest response body read from the API. Export objects and list pages are
+# a few kilobytes; anything near this is not a real API response.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class ExportsClient:
@@ -138,14 +142,23 @@ class ExportsClient:
 
     def get_export(self, export_id: str) -> Export:
         """Retrieve one export by id."""
-        return self._request("GET", f"/exports/{export_id}", Export)
+        # The id is quoted so that an odd id cannot change the request path.
+        path = f"/exports/{quote(export_id, safe='')}"
+        return self._request("GET", path, Export)
 
     def list_exports(self) -> Iterator[Export]:
         """Yield every export, following the ``next`` page links."""
         url: str | None = f"{self.api_url}/exports"
+        seen: set[str] = set()
         for _ in range(MAX_PAGES):
             if url is None:
                 return
+            if url in seen:
+                raise InvalidResponse(
+                    f"GET /exports returned a next link to a page already read "
+                    f"({_redact(url)}); stopping."
+                )
+            seen.add(url)
 
             page = self._request("GET", url, ExportPage)
             yield from page.results
@@ -165,16 +178,26 @@ class ExportsClient:
                 path=path,
             )
 
+        # NOTE: each read and write has a timeout, but a request as a whole
+        # has no deadline, so a server trickling bytes can stretch one call.
         headers = {"Content-Type": "application/json"} if "content" in kwargs else None
         try:
-            response = self._http.request(method, url, headers=headers, **kwargs)
+            with self._http.stream(method, url, headers=headers, **kwargs) as response:
+                content = _read_capped(response, method, path)
+        except httpx.InvalidURL as error:
+            raise ApiError(
+                f"{method} {path} is not a valid request URL ({error}); check the "
+                "export id.",
+                method=method,
+                path=path,
+            ) from None
         except httpx.TimeoutException as error:
             raise ApiUnreachable(
                 f"{method} {path} timed out ({type(error).__name__}).",
                 method=method,
                 path=path,
             ) from None
-        except httpx.TransportError as error:
+        except httpx.HTTPError as error:
             # httpx's text can quote a header value, the API key included.
             reason = scrub_credentials(str(error), self._secrets)
             raise ApiUnreachable(
@@ -186,21 +209,40 @@ class ExportsClient:
         self.rate_limits.observe(response.headers)
         logger.debug("%s %s returned %d", method, path, response.status_code)
         if response.is_success:
-            return _decode(response, model, method, path)
+            return _decode(response, content, model, method, path)
 
-        failure = _error_for(response, method, path)
+        failure = _error_for(response, content, method, path, self._secrets)
         if isinstance(failure, RateLimited) and failure.retry_after is not None:
             self.rate_limits.block_for(failure.retry_after)
         raise failure
 
 
-def _decode(response: httpx.Response, model: type[T], method: str, path: str) -> T:
+def _read_capped(response: httpx.Response, method: str, path: str) -> bytes:
+    chunks = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InvalidResponse(
+                f"{method} {path} returned {response.status_code} with a body "
+                f"over {MAX_BODY_BYTES} bytes; stopped reading.",
+                method=method,
+                path=path,
+                status=response.status_code,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(
+    response: httpx.Response, content: bytes, model: type[T], method: str, path: str
+) -> T:
     try:
-        return msgspec.json.decode(response.content, type=model)
+        return msgspec.json.decode(content, type=model)
     except msgspec.DecodeError as error:
         raise InvalidResponse(
             f"{method} {path} returned {response.status_code} with a body that is "
-            f"not a valid {model.__name__} ({error}): {_excerpt(response.content)}",
+            f"not a valid {model.__name__} ({error}): {_excerpt(content)}",
             method=method,
             path=path,
             status=response.status_code,
@@ -218,19 +260,34 @@ _ERROR_CLASSES: dict[int, type[ApiError]] = {
 }
 
 
-def _error_for(response: httpx.Response, method: str, path: str) -> ApiError:
+def _error_for(
+    response: httpx.Response,
+    content: bytes,
+    method: str,
+    path: str,
+    secrets: tuple[str, ...],
+) -> ApiError:
     status = response.status_code
-    code, detail = _error_fields(response.content)
+    code, detail = _error_fields(content)
+    # A server may echo the key back, in any field.
+    code = scrub_credentials(code, secrets) if code else code
+    detail = scrub_credentials(detail, secrets) if detail else detail
 
     message = f"{method} {path} returned {status}"
     if code:
         message += f" ({code})"
     if detail:
-        message += f": {scrub_credentials(detail)}"
-    elif response.content:
-        message += f": {_excerpt(response.content)}"
+        message += f": {detail}"
+    elif content:
+        message += f": {_excerpt(content, secrets)}"
     else:
         message += " with an empty body"
+    if response.is_redirect:
+        location = redact_url(response.headers.get("Location", ""))
+        message += (
+            f" redirecting to {location}; set BUTTONDOWN_API_URL to the API's "
+            "current address"
+        )
     advice = _advice(status)
     if advice:
         message = message.rstrip(".") + advice
@@ -286,9 +343,9 @@ def _redact(url: str) -> str:
     return parts.path if not parts.query else f"{parts.path}?..."
 
 
-def _excerpt(content: bytes, limit: int = 120) -> str:
+def _excerpt(content: bytes, secrets: tuple[str, ...] = (), limit: int = 120) -> str:
     # The body may hold a presigned download URL, whose query is a credential,
     # so credentials are filtered before the text is cut to length.
     text = content[: limit * 32].decode("utf-8", errors="replace")
-    text = scrub_credentials(" ".join(text.split()))
+    text = scrub_credentials(" ".join(text.split()), secrets)
     return repr(text[:limit] + ("..." if len(text) > limit else ""))

@@ -34,7 +34,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
 
     text = value.strip()
-    if text.isdigit():
+    # isdigit() alone accepts superscripts such as '²', which float() rejects.
+    if text.isascii() and text.isdigit():
         return float(text)
 
     try:
@@ -57,8 +58,11 @@ class RateLimitTracker:
     for every worker thread of the process.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, max_wait: float = 300.0
+    ) -> None:
         self._clock = clock
+        self.max_wait = max_wait
         self._lock = threading.Lock()
         self._remaining: int | None = None
         self._reset_at: float | None = None
@@ -76,19 +80,26 @@ class RateLimitTracker:
             self._reset_at = float(reset_at)
 
     def block_for(self, seconds: float) -> None:
-        """Hold every request for ``seconds``, as after a 429."""
+        """Hold every request for ``seconds``, at most ``max_wait``, as after a 429."""
+        seconds = min(seconds, self.max_wait)
         with self._lock:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
     def wait_time(self) -> float:
-        """Return the seconds to wait before the next request (0 for none)."""
+        """Return the seconds to wait before the next request (0 for none).
+
+        The wait is at most ``max_wait``, so a reset time far in the future
+        cannot stall requests for long. A low remaining count causes one
+        wait only: the request after it goes out and brings fresh headers.
+        """
         now = self._clock()
         with self._lock:
             wait = max(0.0, self._blocked_until - now)
             low = self._remaining is not None and self._remaining <= RESERVE
             if low and self._reset_at is not None and self._reset_at > now:
                 wait = max(wait, self._reset_at - now)
-        return wait
+                self._remaining = None
+        return min(wait, self.max_wait)
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
