@@ -33,7 +33,7 @@ from processor.errors import (
     DownloadRejected,
     IncompleteDownload,
 )
-from processor.redact import install_log_redaction, redact_url
+from processor.redact import install_log_redaction, redact_url, scrub_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,10 @@ def _stream_to(url: str, file: IO[bytes], safe_url: str, limits: DownloadLimits)
                 f"GET {safe_url} timed out ({type(error).__name__})."
             ) from None
         except httpx.HTTPError as error:
+            reason = scrub_credentials(str(error))
             raise IncompleteDownload(
-                f"GET {safe_url} failed: {type(error).__name__}."
+                f"GET {safe_url} failed: {type(error).__name__}: {reason}.",
+                url=safe_url,
             ) from None
 
     if expected is not None and received != expected:
@@ -179,12 +181,18 @@ def _check_response(
     if status in (403, 404, 410):
         raise DownloadExpired(
             f"GET {safe_url} returned {status}; the download URL has expired "
-            "or was revoked."
+            "or was revoked.",
+            url=safe_url,
+            status=status,
         )
     if status in (408, 429) or status >= 500:
-        raise IncompleteDownload(f"GET {safe_url} returned {status}.")
+        raise IncompleteDownload(
+            f"GET {safe_url} returned {status}.", url=safe_url, status=status
+        )
     if not response.is_success:
-        raise DownloadRejected(f"GET {safe_url} returned {status}.")
+        raise DownloadRejected(
+            f"GET {safe_url} returned {status}.", url=safe_url, status=status
+        )
 
     expected = _content_length(response)
     if expected is not None and expected > limits.max_bytes:

@@ -108,7 +108,16 @@ class InvalidResponse(TransientApiError):
 
 
 class DownloadError(ProcessorError):
-    """The export file could not be downloaded whole."""
+    """The export file could not be downloaded whole.
+
+    ``url`` is the download URL without its query string, and ``status``
+    the storage host's HTTP status (``None`` when no response arrived).
+    """
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
 
 
 class DownloadRejected(DownloadError):

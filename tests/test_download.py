@@ -233,3 +233,11 @@ def test_gzip_cut_short_detected(tmp_path: Path) -> None:
         download(f"{stub.url}/f", tmp_path)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_carries_url_and_status(tmp_path: Path) -> None:
+    with serve({}) as stub, pytest.raises(DownloadExpired) as caught:
+        download(f"{stub.url}/gone.zip{SIGNED}", tmp_path)
+
+    assert caught.value.status == 404
+    assert caught.value.url == f"{stub.url}/gone.zip?..."
