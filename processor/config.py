@@ -47,6 +47,7 @@ class Settings:
     retry_min_delay: float = 1.0
     retry_max_delay: float = 60.0
     max_retry_after: float = 300.0
+    stuck_after: float = 900.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
             retry_min_delay=_seconds(env, "PROCESSOR_RETRY_MIN_DELAY", 1.0),
             retry_max_delay=_seconds(env, "PROCESSOR_RETRY_MAX_DELAY", 60.0),
             max_retry_after=_seconds(env, "PROCESSOR_MAX_RETRY_AFTER", 300.0),
+            stuck_after=_seconds(env, "PROCESSOR_STUCK_AFTER", 900.0),
         )
 
         _check_order(

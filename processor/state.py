@@ -70,6 +70,7 @@ class Run(msgspec.Struct, kw_only=True):
     polls: int = 0
     retries: int = 0
     poll_attempt: int = 0
+    redrives: int = 0
     lease: str | None = None
     lease_until: float = 0.0
     created_at: datetime = msgspec.field(default_factory=utc_now)

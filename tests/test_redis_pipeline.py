@@ -128,6 +128,13 @@ def test_worker_refuses_missing_redis_url(
 
 def wait_for_run(run_id: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Poll `processor runs show` until the run finishes or two minutes pass."""
+    return wait_for_status(run_id, "succeeded", env, cwd, also="failed")
+
+
+def wait_for_status(
+    run_id: str, status: str, env: dict[str, str], cwd: Path, also: str = ""
+) -> dict[str, Any]:
+    """Poll `processor runs show` until the run reaches ``status`` (or ``also``)."""
     deadline = time.monotonic() + 120
     while True:
         shown = subprocess.run(
@@ -140,7 +147,7 @@ def wait_for_run(run_id: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
         )
         assert shown.returncode == 0, shown.stderr
         record: dict[str, Any] = json.loads(shown.stdout)
-        if record["status"] in ("succeeded", "failed"):
+        if record["status"] in (status, also):
             return record
         assert time.monotonic() < deadline, f"run {run_id} is still {record['status']}"
         time.sleep(0.5)
@@ -210,3 +217,58 @@ def test_two_triggers_at_once_one_export(
 
     assert record["status"] == "succeeded"
     assert exports["count"] == 1
+
+
+def test_worker_killed_while_poll_pending(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    worker_env.update(
+        PROCESSOR_POLL_MIN_DELAY="3",
+        PROCESSOR_POLL_MAX_DELAY="3",
+        PROCESSOR_STUCK_AFTER="2",
+    )
+    processor = str(BIN / "processor")
+    triggered = subprocess.run(
+        [processor, "trigger", "--json"],
+        env=worker_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+
+    # kill -9 every process of the first worker once the poll is pending.
+    first = subprocess.Popen(
+        procfile_command("worker"),
+        env=worker_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for_status(run_id, "waiting", worker_env, tmp_path)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+
+    with running_worker(worker_env, tmp_path):
+        time.sleep(3)
+        watchdog = subprocess.run(
+            [processor, "watchdog", "--once"],
+            env=worker_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        record = wait_for_run(run_id, worker_env, tmp_path)
+
+    ids = [
+        json.loads(line)["id"]
+        for path in (tmp_path / "archive").glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert watchdog.returncode == 0, watchdog.stderr
+    assert record["status"] == "succeeded", record["error"]
+    assert len(ids) == 250
+    assert len(set(ids)) == 250

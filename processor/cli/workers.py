@@ -1,9 +1,11 @@
-"""``processor trigger`` and ``processor worker``: runs on the Redis broker."""
+"""``processor trigger``, ``worker`` and ``watchdog``: runs on Redis."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 
 import click
 import msgspec
@@ -12,6 +14,9 @@ from processor.app import App
 from processor.cli import cli
 from processor.config import Settings
 from processor.errors import ConfigurationError
+from processor.watchdog import sweep
+
+logger = logging.getLogger(__name__)
 
 
 def _redis_settings(command: str) -> Settings:
@@ -75,3 +80,25 @@ def worker(processes: int, threads: int) -> None:
     ]
     # dramatiq takes over this process, so signals reach it directly.
     os.execv(sys.executable, command)
+
+
+@cli.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between sweeps.",
+)
+@click.option("--once", is_flag=True, help="Sweep once and exit.")
+def watchdog(interval: float, once: bool) -> None:
+    """Drive again, or fail, runs stuck past PROCESSOR_STUCK_AFTER seconds."""
+    settings = _redis_settings("watchdog")
+
+    with App(settings) as app:
+        while True:
+            stuck = sweep(app.store, app.actors, settings.stuck_after)
+            logger.info("Watchdog sweep found %d stuck runs.", len(stuck))
+            if once:
+                return
+            time.sleep(interval)
