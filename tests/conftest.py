@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,30 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.flushall()
     yield redis_server
     client.close()
+
+
+@pytest.fixture
+def sentry_ingest() -> Iterator[tuple[str, list[bytes]]]:
+    """A stand-in for Sentry's ingest endpoint; yields a DSN and the bodies."""
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            bodies.append(body)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://publickey@127.0.0.1:{server.server_address[1]}/1", bodies
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -272,3 +272,41 @@ def test_worker_killed_while_poll_pending(
     assert record["status"] == "succeeded", record["error"]
     assert len(ids) == 250
     assert len(set(ids)) == 250
+
+
+def test_sigterm_finishes_in_flight_run(
+    worker_env: dict[str, str], tmp_path: Path, sentry_ingest: tuple[str, list[bytes]]
+) -> None:
+    dsn, reports = sentry_ingest
+    events = 200_000
+    with SandboxServer(events=events) as big:
+        worker_env.update(BUTTONDOWN_API_URL=big.api_url, SENTRY_DSN=dsn)
+        processor = str(BIN / "processor")
+        triggered = subprocess.run(
+            [processor, "trigger", "--json"],
+            env=worker_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+
+        with running_worker(worker_env, tmp_path) as worker:
+            record = wait_for_status(run_id, "processing", worker_env, tmp_path)
+            while record["events"] == 0:
+                record = wait_for_status(run_id, "processing", worker_env, tmp_path)
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=120)
+
+        record = wait_for_run(run_id, worker_env, tmp_path)
+
+    lines = sum(
+        len(path.read_text().splitlines())
+        for path in (tmp_path / "archive").glob("events-*.jsonl")
+    )
+    assert worker.returncode == 0
+    assert record["status"] == "succeeded", record["error"]
+    assert record["retries"] == 0
+    assert lines == events
+    assert reports == []

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-import pytest
 
 from processor.config import Settings
 from processor.redact import FILTERED
@@ -21,33 +15,6 @@ from processor.sentry import init_sentry, scrub
 
 API_KEY = "bd-secret-key-0123456789"
 PRESIGNED = "https://bucket.example/export.zip?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
-
-
-@pytest.fixture
-def sentry_ingest() -> Iterator[tuple[str, list[bytes]]]:
-    """A stand-in for Sentry's ingest endpoint; yields a DSN and the bodies."""
-    bodies: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            bodies.append(body)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://publickey@127.0.0.1:{server.server_address[1]}/1", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_report_sent_without_secrets(
