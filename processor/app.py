@@ -9,6 +9,7 @@ records are JSON files under ``PROCESSOR_STATE_DIR``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -89,13 +90,18 @@ class App:
         timeout: float | None = None,
         interval: float = 0.2,
         on_change: Callable[[Run], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Run:
         """Block until run ``run_id`` finishes and return its record.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds.
+        Raises ``TimeoutError`` after ``timeout`` seconds, and
+        ``KeyboardInterrupt`` once ``stop`` is set.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        stop = stop or threading.Event()
         while True:
+            if stop.is_set():
+                raise KeyboardInterrupt
             run = self.store.get(run_id)
             if run is None:
                 raise KeyError(run_id)
@@ -107,4 +113,4 @@ class App:
                 raise TimeoutError(
                     f"run {run_id} is still {run.status} after {timeout:g} seconds"
                 )
-            time.sleep(interval)
+            stop.wait(interval)

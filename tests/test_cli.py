@@ -267,7 +267,11 @@ def test_ctrl_c_stops_run_with_summary(tmp_path: Path) -> None:
     time.sleep(0.5)
 
     process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=60)
+    try:
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
     summary = json.loads(stdout.splitlines()[-1])
 
     assert process.returncode == 130
@@ -277,7 +281,11 @@ def test_ctrl_c_stops_run_with_summary(tmp_path: Path) -> None:
 
 def test_timeout_stops_run_with_summary(tmp_path: Path) -> None:
     process = start_slow_run(tmp_path, "--timeout", "1")
-    stdout, _ = process.communicate(timeout=60)
+    try:
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
     summary = json.loads(stdout.splitlines()[-1])
 
     assert process.returncode == 1

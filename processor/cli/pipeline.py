@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +154,22 @@ def expand_faults(faults: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(faults))
 
 
+def _catch_sigint() -> threading.Event:
+    """Turn the first Ctrl-C into an event; a second one stops at once.
+
+    Raising KeyboardInterrupt wherever the main thread happens to be can
+    leave a lock held, so the wait loop checks the event instead.
+    """
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return interrupted
+
+
 def _wait(app: App, run_id: str, timeout: float) -> tuple[Run, int]:
     """Wait for the run; return its record and the command's exit status.
 
@@ -160,8 +178,11 @@ def _wait(app: App, run_id: str, timeout: float) -> tuple[Run, int]:
     their next step. On Redis the workers carry on with it.
     """
     progress = Progress()
+    interrupted = _catch_sigint()
     try:
-        run = app.wait(run_id, timeout=timeout, on_change=progress.show_run)
+        run = app.wait(
+            run_id, timeout=timeout, on_change=progress.show_run, stop=interrupted
+        )
         return run, 0 if run.status == SUCCEEDED else 1
     except TimeoutError:
         reason, exit_code = f"No result within {timeout:g} seconds (--timeout)", 1
