@@ -309,12 +309,19 @@ class PipelineActors(StepBase):
 
         # The lease covers the whole download; while parsing, each progress
         # update extends it.
-        lease = self.settings.download_deadline + PROCESS_LEASE_SECONDS
+        lease = self.settings.download_deadline + self._process_lease()
         claim = self._claim(run_id, "Process", accepts, lease, resend)
         if claim is None:
             return
         run, token = claim
         try:
+            if run.checkpoints:
+                done = min(point.position for point in run.checkpoints.values())
+                logger.info(
+                    "Run %s resumes processing after its checkpoint at event %d.",
+                    run_id,
+                    done,
+                )
             assert run.export_id is not None
 
             if self._throttled(run_id, token, resend):
@@ -336,7 +343,7 @@ class PipelineActors(StepBase):
             try:
                 summary = process_file(
                     path,
-                    Dispatcher(load_plugins()),
+                    Dispatcher(load_plugins(), resume=run.checkpoints),
                     RunInfo(run_id=run_id, export_id=run.export_id),
                     on_progress=lambda progress: self._record_counts(
                         run_id, token, progress
@@ -381,6 +388,11 @@ class PipelineActors(StepBase):
             self._release_quietly(run_id, token)
             raise
 
+    def _process_lease(self) -> float:
+        # A lease that outlives PROCESSOR_STUCK_AFTER would make the watchdog
+        # wait for it after a crash.
+        return min(PROCESS_LEASE_SECONDS, self.settings.stuck_after)
+
     def _fetch_file(self, run_id: str, export_id: str) -> Path:
         """Download the export's file, with one fresh URL if the first expired."""
         limits = DownloadLimits(
@@ -389,11 +401,15 @@ class PipelineActors(StepBase):
             max_bytes=self.settings.max_download_bytes,
         )
         directory = self.settings.state_dir / "downloads"
+        # Files of this run left by a crashed attempt; this step holds the
+        # run's lease, so no other attempt is writing them.
+        for stale in directory.glob(f"{run_id}-*"):
+            stale.unlink(missing_ok=True)
 
         with self._client() as client:
             url = _download_url(client, export_id)
             try:
-                return download(url, directory, limits)
+                return download(url, directory, limits, prefix=f"{run_id}-")
             except DownloadExpired as error:
                 logger.info(
                     "Run %s: %s Fetching export %s again for a fresh URL.",
@@ -402,13 +418,14 @@ class PipelineActors(StepBase):
                     export_id,
                 )
 
-            return download(_download_url(client, export_id), directory, limits)
+            url = _download_url(client, export_id)
+            return download(url, directory, limits, prefix=f"{run_id}-")
 
     def _record_counts(self, run_id: str, token: str, summary: Summary) -> None:
         def change(run: Run) -> None:
             run.record_counts(summary)
             if run.lease == token:
-                run.lease_until = time.time() + PROCESS_LEASE_SECONDS
+                run.lease_until = time.time() + self._process_lease()
 
         run = self.store.update(run_id, change)
         if run.status != state.PROCESSING:

@@ -79,14 +79,19 @@ def check_download_url(url: str | httpx.URL) -> None:
     )
 
 
-def download(url: str, directory: Path, limits: DownloadLimits | None = None) -> Path:
+def download(
+    url: str,
+    directory: Path,
+    limits: DownloadLimits | None = None,
+    prefix: str = "export-",
+) -> Path:
     """Stream ``url`` into a new file in ``directory`` and return its path."""
     limits = limits or DownloadLimits()
     check_download_url(url)
     directory.mkdir(parents=True, exist_ok=True)
     safe_url = redact_url(url)
 
-    handle, name = tempfile.mkstemp(prefix="export-", suffix=".part", dir=directory)
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=directory)
     path = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 from importlib import metadata
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -28,10 +28,25 @@ MAX_LOGGED_FAILURES = 10
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """The run details a handler receives in ``setup``."""
+    """The run details a handler receives in ``setup``.
+
+    ``resume`` is ``None`` on a fresh start. When a step resumes after a
+    crash, it is what this handler's ``checkpoint`` returned at the last
+    committed checkpoint, and the events up to that checkpoint are not
+    handed over again.
+    """
 
     run_id: str
     export_id: str | None = None
+    resume: Any = None
+
+    def idempotency_key(self, event: Event) -> str:
+        """Return a key that is the same each time ``event`` is handed over.
+
+        Use it for external writes: an event after the last checkpoint is
+        handed over again when a crashed run resumes.
+        """
+        return f"{self.export_id or self.run_id}:{event.id}"
 
 
 class Handler:
@@ -52,8 +67,32 @@ class Handler:
         """React to one event."""
         raise NotImplementedError
 
+    def checkpoint(self) -> Any:
+        """Make the effects of every event so far durable, and return state.
+
+        Called every half second while a file is processed, just before the
+        progress is committed. The return value (JSON-serialisable, or
+        ``None``) comes back as ``RunInfo.resume`` if the run resumes, so a
+        handler can undo effects after this point, such as by truncating a
+        file, and see each event exactly once.
+        """
+        return None
+
     def teardown(self) -> None:
         """Release what ``setup`` acquired, after the run's last event."""
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    """One plugin's committed progress through a run's file.
+
+    ``position`` counts the file's events, in order, that the plugin is done
+    with; ``state`` is what its handler's ``checkpoint`` returned.
+    """
+
+    position: int = 0
+    handled: int = 0
+    failed: int = 0
+    state: Any = None
 
 
 class PluginCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -141,9 +180,23 @@ def _load_one(entry_point: metadata.EntryPoint) -> Plugin:
 class Dispatcher:
     """Hands events to handlers and counts the outcome per plugin."""
 
-    def __init__(self, plugins: Iterable[Plugin]) -> None:
+    def __init__(
+        self,
+        plugins: Iterable[Plugin],
+        resume: dict[str, Checkpoint] | None = None,
+    ) -> None:
         self.plugins = [plugin for plugin in plugins if plugin.handler is not None]
-        self.counts = {plugin.name: PluginCounts() for plugin in self.plugins}
+        self.resume = resume or {}
+        self.counts = {
+            plugin.name: PluginCounts(
+                handled=self.resume.get(plugin.name, Checkpoint()).handled,
+                failed=self.resume.get(plugin.name, Checkpoint()).failed,
+            )
+            for plugin in self.plugins
+        }
+        self.position = 0
+        self._skip = {name: point.position for name, point in self.resume.items()}
+        self._points: dict[str, Checkpoint] = dict(self.resume)
         self._active: list[tuple[str, Handler, frozenset[str] | None]] = []
         self._broken: list[tuple[str, frozenset[str] | None]] = []
 
@@ -157,8 +210,10 @@ class Dispatcher:
             handler = plugin.handler
             assert handler is not None
             event_types = getattr(handler, "event_types", None)
+            resume = self.resume.get(plugin.name)
+            state = resume.state if resume is not None else None
             try:
-                handler.setup(run)
+                handler.setup(msgspec.structs.replace(run, resume=state))
             except Exception as error:
                 logger.exception(
                     "Plugin %r failed in setup for run %s; its events count as failed.",
@@ -172,13 +227,21 @@ class Dispatcher:
             self._active.append((plugin.name, handler, event_types))
 
     def dispatch(self, event: Event) -> None:
-        """Hand ``event`` to every handler that wants its type."""
+        """Hand ``event`` to every handler that wants its type.
+
+        A handler resumed from a checkpoint skips the events up to it.
+        """
+        index = self.position
+        self.position += 1
+
         for name, event_types in self._broken:
             if event_types is None or event.event_type in event_types:
                 self.counts[name].failed += 1
 
         for name, handler, event_types in self._active:
             if event_types is not None and event.event_type not in event_types:
+                continue
+            if index < self._skip.get(name, 0):
                 continue
 
             counts = self.counts[name]
@@ -195,6 +258,28 @@ class Dispatcher:
                     )
                 continue
             counts.handled += 1
+
+    def checkpoint(self) -> dict[str, Checkpoint]:
+        """Ask each handler to make its effects durable; return the progress.
+
+        A handler whose ``checkpoint`` raises keeps its previous checkpoint,
+        so a resume hands it the events since then again.
+        """
+        for name, handler, _ in self._active:
+            try:
+                state = handler.checkpoint()
+            except Exception:
+                logger.exception("Plugin %r failed to checkpoint.", name)
+                continue
+
+            counts = self.counts[name]
+            self._points[name] = Checkpoint(
+                position=self.position,
+                handled=counts.handled,
+                failed=counts.failed,
+                state=state,
+            )
+        return dict(self._points)
 
     def teardown(self) -> None:
         """Call each active handler's ``teardown``, logging any failure."""

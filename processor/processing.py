@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from processor.parser import ParseStats, iter_events
-from processor.plugins import Dispatcher, PluginCounts, RunInfo
+from processor.plugins import Checkpoint, Dispatcher, PluginCounts, RunInfo
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class Summary(msgspec.Struct, kw_only=True):
     rejected: int = 0
     event_types: dict[str, int] = msgspec.field(default_factory=dict)
     plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
+    checkpoints: dict[str, Checkpoint] = msgspec.field(default_factory=dict)
 
 
 ProgressCallback = Callable[[Summary], None]
@@ -60,7 +61,9 @@ def process_file(
             dispatcher.dispatch(event)
 
             if on_progress is not None and time.monotonic() >= next_report:
-                on_progress(_summary(stats, event_types, dispatcher))
+                summary = _summary(stats, event_types, dispatcher)
+                summary.checkpoints = dispatcher.checkpoint()
+                on_progress(summary)
                 next_report = time.monotonic() + PROGRESS_INTERVAL
     except BaseException:
         # Record what was dispatched before the fault, so the run's counts

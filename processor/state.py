@@ -27,7 +27,7 @@ import redis
 
 from processor.config import Settings
 from processor.errors import ConfigurationError
-from processor.plugins import PluginCounts
+from processor.plugins import Checkpoint, PluginCounts
 from processor.processing import Summary
 
 QUEUED = "queued"
@@ -80,6 +80,7 @@ class Run(msgspec.Struct, kw_only=True):
     rejected: int = 0
     event_types: dict[str, int] = msgspec.field(default_factory=dict)
     plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
+    checkpoints: dict[str, Checkpoint] = msgspec.field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -131,6 +132,8 @@ class Run(msgspec.Struct, kw_only=True):
         self.rejected = summary.rejected
         self.event_types = summary.event_types
         self.plugins = summary.plugins
+        if summary.checkpoints:
+            self.checkpoints = summary.checkpoints
 
     def succeed(self) -> None:
         """Mark the run succeeded."""

@@ -77,6 +77,21 @@ def running_worker(env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[
         log.close()
 
 
+@contextlib.contextmanager
+def running(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` in the background until the block ends."""
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture
 def worker(
     worker_env: dict[str, str], tmp_path: Path
@@ -310,3 +325,57 @@ def test_sigterm_finishes_in_flight_run(
     assert record["retries"] == 0
     assert lines == events
     assert reports == []
+
+
+@pytest.mark.parametrize("moment", ["download", "parsing"])
+def test_worker_killed_while_processing(
+    moment: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    events = 300_000
+    with SandboxServer(events=events) as big:
+        worker_env.update(
+            BUTTONDOWN_API_URL=big.api_url,
+            PROCESSOR_STUCK_AFTER="2",
+            PROCESSOR_DOWNLOAD_DEADLINE="20",
+        )
+        processor = str(BIN / "processor")
+        triggered = subprocess.run(
+            [processor, "trigger", "--json"],
+            env=worker_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+
+        first = subprocess.Popen(
+            procfile_command("worker"),
+            env=worker_env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        record = wait_for_status(run_id, "processing", worker_env, tmp_path)
+        while moment == "parsing" and record["events"] < 20_000:
+            record = wait_for_status(run_id, "processing", worker_env, tmp_path)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+        watchdog = [processor, "watchdog", "--interval", "1"]
+        with (
+            running_worker(worker_env, tmp_path),
+            running(watchdog, worker_env, tmp_path),
+        ):
+            record = wait_for_run(run_id, worker_env, tmp_path)
+
+    ids = [
+        json.loads(line)["id"]
+        for path in (tmp_path / "archive").glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert record["status"] == "succeeded", record["error"]
+    assert record["plugins"]["archive"]["handled"] == events
+    assert len(ids) == events
+    assert len(set(ids)) == events

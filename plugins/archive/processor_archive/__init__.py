@@ -1,11 +1,14 @@
-"""Archive plugin: every event as one JSON line, in one file per day.
+"""Archive plugin: every event as one JSON line, in one file per day and run.
 
-Events go to ``events-YYYY-MM-DD.jsonl`` files (the UTC day of each event's
-timestamp) in the directory named by ``PROCESSOR_ARCHIVE_DIR``, by default
-``.processor/archive``. Each line is an object with the event's fields plus
-the ``run_id`` and ``export_id`` of the run that handled it, ready for a
-warehouse's JSON-lines loader. Files are opened for appending, so runs add
-to what earlier runs wrote.
+Events go to ``events-YYYY-MM-DD.RUN_ID.jsonl`` files (the UTC day of each
+event's timestamp, and the run that handled it) in the directory named by
+``PROCESSOR_ARCHIVE_DIR``, by default ``.processor/archive``. Each line is
+an object with the event's fields plus the ``run_id`` and ``export_id``,
+ready for a warehouse's JSON-lines loader.
+
+Each event is archived exactly once per run, crashes included: at every
+checkpoint the files are flushed to disk and their sizes recorded, and a
+resumed run first cuts its files back to those sizes.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class ArchiveHandler(Handler):
         self.directory = DEFAULT_DIRECTORY
         self._run: RunInfo | None = None
         self._files: dict[str, IO[bytes]] = {}
+        self._sizes: dict[str, int] = {}
         self._encoder = msgspec.json.Encoder()
         self._written = 0
 
@@ -62,6 +66,21 @@ class ArchiveHandler(Handler):
         self.directory.mkdir(parents=True, exist_ok=True)
         self._run = run
         self._written = 0
+        self._sizes = {}
+        if run.resume is not None:
+            self._rewind(run.run_id, run.resume)
+
+    def _rewind(self, run_id: str, sizes: dict[str, int]) -> None:
+        # Lines written after the last checkpoint are handed over again, so
+        # they are cut off here, and files begun after it are removed.
+        for path in self.directory.glob(f"events-*.{run_id}.jsonl"):
+            size = sizes.get(path.name)
+            if size is None:
+                path.unlink()
+            else:
+                os.truncate(path, size)
+        self._sizes = dict(sizes)
+        logger.info("Archive of run %s rewound to its last checkpoint.", run_id)
 
     def handle(self, event: Event) -> None:
         assert self._run is not None, "setup() must run before handle()"
@@ -92,9 +111,22 @@ class ArchiveHandler(Handler):
         # An export that spans years touches more days than a process may
         # keep files open, so the least recently used file is closed first.
         if len(self._files) >= MAX_OPEN_FILES:
-            oldest = next(iter(self._files))
-            self._files.pop(oldest).close()
-        return (self.directory / f"events-{day}.jsonl").open("ab")
+            oldest = self._files.pop(next(iter(self._files)))
+            oldest.flush()
+            os.fsync(oldest.fileno())
+            self._sizes[Path(oldest.name).name] = oldest.tell()
+            oldest.close()
+        assert self._run is not None
+        name = f"events-{day}.{self._run.run_id}.jsonl"
+        return (self.directory / name).open("ab")
+
+    def checkpoint(self) -> dict[str, int]:
+        """Flush every file to disk; return the size of each file of the run."""
+        for file in self._files.values():
+            file.flush()
+            os.fsync(file.fileno())
+            self._sizes[Path(file.name).name] = file.tell()
+        return dict(self._sizes)
 
     def teardown(self) -> None:
         for file in self._files.values():

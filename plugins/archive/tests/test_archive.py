@@ -49,8 +49,8 @@ def test_one_line_per_event(archive_dir: Path) -> None:
 
     files = read_lines(archive_dir)
 
-    assert list(files) == ["events-2024-03-13.jsonl"]
-    assert [line["id"] for line in files["events-2024-03-13.jsonl"]] == [
+    assert list(files) == ["events-2024-03-13.run_1.jsonl"]
+    assert [line["id"] for line in files["events-2024-03-13.run_1.jsonl"]] == [
         "ext_evt_0",
         "ext_evt_1",
         "ext_evt_2",
@@ -65,7 +65,7 @@ def test_line_has_event_fields(archive_dir: Path) -> None:
     )
     handler.teardown()
 
-    [line] = read_lines(archive_dir)["events-2024-03-13.jsonl"]
+    [line] = read_lines(archive_dir)["events-2024-03-13.run_1.jsonl"]
 
     assert line == {
         "id": "ext_evt_1",
@@ -93,23 +93,56 @@ def test_partitioned_by_utc_day(archive_dir: Path) -> None:
 
     files = read_lines(archive_dir)
 
-    assert [line["id"] for line in files["events-2024-03-13.jsonl"]] == [
+    assert [line["id"] for line in files["events-2024-03-13.run_1.jsonl"]] == [
         "late",
         "early_local",
     ]
-    assert [line["id"] for line in files["events-2024-03-14.jsonl"]] == ["next_day"]
+    assert [line["id"] for line in files["events-2024-03-14.run_1.jsonl"]] == [
+        "next_day"
+    ]
 
 
-def test_runs_append(archive_dir: Path) -> None:
+def test_runs_write_separate_files(archive_dir: Path) -> None:
     for run_id in ("run_1", "run_2"):
         handler = ArchiveHandler()
         handler.setup(RunInfo(run_id=run_id))
         handler.handle(make_event(f"evt_{run_id}", datetime(2024, 3, 13, tzinfo=UTC)))
         handler.teardown()
 
-    [lines] = read_lines(archive_dir).values()
+    files = read_lines(archive_dir)
 
-    assert [line["run_id"] for line in lines] == ["run_1", "run_2"]
+    assert sorted(files) == [
+        "events-2024-03-13.run_1.jsonl",
+        "events-2024-03-13.run_2.jsonl",
+    ]
+
+
+def test_resume_rewinds_to_checkpoint(archive_dir: Path) -> None:
+    day = datetime(2024, 3, 13, tzinfo=UTC)
+    first = ArchiveHandler()
+    first.setup(RunInfo(run_id="run_1"))
+    for n in range(3):
+        first.handle(make_event(f"evt_{n}", day))
+    state = first.checkpoint()
+    # Written after the checkpoint, then the process dies: no teardown.
+    first.handle(make_event("evt_3", day))
+    first.handle(make_event("evt_next_day", day + timedelta(days=1)))
+    for file in first._files.values():
+        file.close()
+
+    second = ArchiveHandler()
+    second.setup(RunInfo(run_id="run_1", resume=state))
+    second.handle(make_event("evt_3", day))
+    second.teardown()
+    files = read_lines(archive_dir)
+
+    assert list(files) == ["events-2024-03-13.run_1.jsonl"]
+    assert [line["id"] for line in files["events-2024-03-13.run_1.jsonl"]] == [
+        "evt_0",
+        "evt_1",
+        "evt_2",
+        "evt_3",
+    ]
 
 
 def test_registered_as_entry_point() -> None:
