@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean crash-trials
 
 install: $(STAMP)
 
@@ -33,3 +33,15 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .processor .pytest_cache .mypy_cache .ruff_cache
+
+# Crash trials: kill -9 a worker while a poll is pending, during the
+# download and during parsing, TRIALS times each, and check that every run
+# completes with each event archived exactly once.
+TRIALS ?= 5
+
+crash-trials: $(STAMP)
+	for trial in $$(seq 1 $(TRIALS)); do \
+		echo "crash trial $$trial of $(TRIALS)"; \
+		$(BIN)/pytest -q -p no:cacheprovider tests/test_redis_pipeline.py \
+			-k "killed or restart or duplicate or two_triggers or sigterm" || exit 1; \
+	done

@@ -95,14 +95,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        _wait_for_redis(url, process)
+        wait_for_redis(url, process)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def _wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

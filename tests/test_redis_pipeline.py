@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from processor.app import App
+from processor.config import Settings
 from processor.sandbox import SandboxServer
+from tests.conftest import free_port, wait_for_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -379,3 +383,98 @@ def test_worker_killed_while_processing(
     assert record["plugins"]["archive"]["handled"] == events
     assert len(ids) == events
     assert len(set(ids)) == events
+
+
+def test_duplicate_polls_on_redis_one_download(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # The redirect fault fires on every download, so its log counts them.
+    with SandboxServer(events=250, polls_to_ready=3, faults=["redirect"]) as server:
+        worker_env.update(
+            BUTTONDOWN_API_URL=server.api_url,
+            PROCESSOR_POLL_MIN_DELAY="1",
+            PROCESSOR_POLL_MAX_DELAY="1",
+        )
+        with running_worker(worker_env, tmp_path):
+            processor = str(BIN / "processor")
+            triggered = subprocess.run(
+                [processor, "trigger", "--json"],
+                env=worker_env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+            wait_for_status(run_id, "waiting", worker_env, tmp_path)
+
+            settings = Settings.from_env(worker_env)
+            with App(settings) as app:
+                for attempt in (0, 0, 0, 1, 1):
+                    app.actors.poll.send(run_id, attempt)
+            record = wait_for_run(run_id, worker_env, tmp_path)
+        downloads = [entry for entry in server.fault_log if entry[0] == "redirect"]
+
+    lines = sum(
+        len(path.read_text().splitlines())
+        for path in (tmp_path / "archive").glob("events-*.jsonl")
+    )
+    assert record["status"] == "succeeded", record["error"]
+    assert len(downloads) == 1
+    assert lines == 250
+
+
+def test_redis_restart_with_poll_pending(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A Redis that operators run keeps its data on disk across restarts.
+    port = free_port()
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    command = [
+        shutil.which("redis-server") or "redis-server",
+        *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(data)),
+        *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+    ]
+    url = f"redis://127.0.0.1:{port}/0"
+    worker_env.update(
+        REDIS_URL=url,
+        PROCESSOR_POLL_MIN_DELAY="4",
+        PROCESSOR_POLL_MAX_DELAY="4",
+        PROCESSOR_STUCK_AFTER="6",
+    )
+
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_redis(url, server)
+        processor = str(BIN / "processor")
+        watchdog = [processor, "watchdog", "--interval", "1"]
+        # The Procfile runs the watchdog beside the workers: a delayed message
+        # that a worker held in memory can be lost when Redis goes away.
+        with (
+            running_worker(worker_env, tmp_path),
+            running(watchdog, worker_env, tmp_path),
+        ):
+            triggered = subprocess.run(
+                [processor, "trigger", "--json"],
+                env=worker_env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+            wait_for_status(run_id, "waiting", worker_env, tmp_path)
+
+            server.terminate()
+            server.wait(timeout=30)
+            server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            wait_for_redis(url, server)
+
+            record = wait_for_run(run_id, worker_env, tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert record["status"] == "succeeded", record["error"]
+    assert record["events"] == 250

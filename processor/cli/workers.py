@@ -9,6 +9,7 @@ import time
 
 import click
 import msgspec
+import redis
 
 from processor.app import App
 from processor.cli import cli
@@ -97,8 +98,15 @@ def watchdog(interval: float, once: bool) -> None:
 
     with App(settings) as app:
         while True:
-            stuck = sweep(app.store, app.actors, settings.stuck_after)
-            logger.info("Watchdog sweep found %d stuck runs.", len(stuck))
+            try:
+                stuck = sweep(app.store, app.actors, settings.stuck_after)
+            except redis.RedisError as error:
+                if once:
+                    raise
+                # Redis restarts are what the watchdog is there to outlive.
+                logger.warning("Watchdog sweep failed: %s; trying again.", error)
+            else:
+                logger.info("Watchdog sweep found %d stuck runs.", len(stuck))
             if once:
                 return
             time.sleep(interval)
