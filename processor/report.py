@@ -75,6 +75,20 @@ def summary_text(run: Run) -> str:
     return "\n".join(lines)
 
 
+def record_text(run: Run) -> str:
+    """Return the summary plus the attempts and timestamps, for ``runs show``."""
+    lines = [summary_text(run)]
+    lines.append(
+        f"  attempts   {run.polls} polls, {run.retries} retries in a row, "
+        f"{run.redrives} watchdog re-drives"
+    )
+    lines.append(f"  created    {run.created_at.isoformat(timespec='seconds')}")
+    lines.append(f"  updated    {run.updated_at.isoformat(timespec='seconds')}")
+    if run.error and run.status != "failed":
+        lines.append(f"  last error {run.error}")
+    return "\n".join(lines)
+
+
 class Progress:
     """A one-line status on a terminal, rewritten in place; silent elsewhere."""
 

@@ -291,3 +291,16 @@ def test_timeout_stops_run_with_summary(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert summary["status"] == "failed"
     assert "No result within 1 seconds" in summary["error"]
+
+
+def test_runs_show_readable_record(tmp_path: Path) -> None:
+    first = processor("run", "--sandbox", "--events", "20", "--json", cwd=tmp_path)
+    run_id = str(last_json(first)["run_id"])
+
+    shown = processor("runs", "show", run_id, cwd=tmp_path)
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"Run {run_id} succeeded." in shown.stdout
+    assert "attempts   " in shown.stdout
+    assert "polls" in shown.stdout
+    assert "created    " in shown.stdout

@@ -7,7 +7,7 @@ import msgspec
 
 from processor.cli import cli
 from processor.config import Settings
-from processor.report import summary_text
+from processor.report import record_text
 from processor.state import store_for
 
 
@@ -50,4 +50,4 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(msgspec.json.encode(run).decode())
     else:
-        click.echo(summary_text(run))
+        click.echo(record_text(run))
