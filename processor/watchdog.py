@@ -4,7 +4,7 @@ A run moves only when a message for it is processed. If that message is
 lost, for example because a retry could not be enqueued while Redis dropped
 the connection, the run sits in one state forever. ``sweep`` finds runs
 that have not changed for ``stuck_after`` seconds and sends their next
-message again; a run driven again ``max_redrives`` times without moving on
+message again. A run driven again ``max_redrives`` times without moving on
 is marked failed.
 
 Sending a message for a run that is in fact still alive is harmless: the
