@@ -56,6 +56,13 @@ def process_file(
 
     dispatcher.setup(run)
     try:
+        if on_progress is not None:
+            # A checkpoint before the first event: a crash before the next
+            # one resumes here, so a plugin can undo what it wrote meanwhile.
+            summary = _summary(stats, event_types, dispatcher)
+            summary.checkpoints = dispatcher.checkpoint()
+            on_progress(summary)
+
         for event in iter_events(path, stats):
             event_types[event.event_type] += 1
             dispatcher.dispatch(event)
