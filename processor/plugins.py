@@ -71,10 +71,11 @@ class Handler:
         """Make the effects of every event so far durable, and return state.
 
         Called before the first event and then every half second while a
-        file is processed, just before the progress is committed. The return value (JSON-serialisable, or
-        ``None``) comes back as ``RunInfo.resume`` if the run resumes, so a
-        handler can undo effects after this point, such as by truncating a
-        file, and see each event exactly once.
+        file is processed, just before the progress is committed. The return
+        value (JSON-serialisable, or ``None``) comes back as
+        ``RunInfo.resume`` if the run resumes, so a handler can undo effects
+        after this point, such as by truncating a file, and see each event
+        exactly once.
         """
         return None
 
