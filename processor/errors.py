@@ -92,7 +92,7 @@ class RateLimited(TransientApiError):
 
 
 class Conflict(TransientApiError):
-    """The API answered 409, whose meaning Buttondown does not document."""
+    """The API returned 409, whose meaning Buttondown does not document."""
 
 
 class ServerError(TransientApiError):

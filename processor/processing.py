@@ -20,12 +20,12 @@ from processor.plugins import Checkpoint, Dispatcher, PluginCounts, RunInfo
 
 logger = logging.getLogger(__name__)
 
-# How often, in seconds, the progress callback is called while parsing.
+# Seconds between progress callbacks (and checkpoints) while parsing.
 PROGRESS_INTERVAL = 0.5
 
 
 class Summary(msgspec.Struct, kw_only=True):
-    """What one pass over an export file did."""
+    """Counts of one pass over an export file."""
 
     events: int = 0
     rejected: int = 0

@@ -89,7 +89,7 @@ class Run(msgspec.Struct, kw_only=True):
         return self.status in FINISHED_STATUSES
 
     def in_flight(self) -> bool:
-        """Whether the run is unfinished and was updated recently.
+        """Return whether the run is unfinished and was updated recently.
 
         A run that has not changed for ``ABANDONED_AFTER`` lost its messages
         (its process died, say), so it no longer blocks a new run.

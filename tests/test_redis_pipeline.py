@@ -145,6 +145,21 @@ def test_worker_refuses_missing_redis_url(
     assert "REDIS_URL is not set" in result.stderr
 
 
+def trigger_run(env: dict[str, str], cwd: Path) -> str:
+    """Run `processor trigger --json` and return the run id it prints."""
+    result = subprocess.run(
+        [str(BIN / "processor"), "trigger", "--json"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    run_id: str = json.loads(result.stdout.splitlines()[-1])["run_id"]
+    return run_id
+
+
 def wait_for_run(run_id: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Poll `processor runs show` until the run finishes or two minutes pass."""
     return wait_for_status(run_id, "succeeded", env, cwd, also="failed")
@@ -175,17 +190,8 @@ def wait_for_status(
 def test_trigger_then_worker_completes(
     worker: subprocess.Popen[bytes], worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    processor = str(BIN / "processor")
-    triggered = subprocess.run(
-        [processor, "trigger", "--json"],
-        env=worker_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert triggered.returncode == 0, triggered.stderr
-    run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+    str(BIN / "processor")
+    run_id = trigger_run(worker_env, tmp_path)
 
     record = wait_for_run(run_id, worker_env, tmp_path)
 
@@ -247,15 +253,7 @@ def test_worker_killed_while_poll_pending(
         PROCESSOR_STUCK_AFTER="2",
     )
     processor = str(BIN / "processor")
-    triggered = subprocess.run(
-        [processor, "trigger", "--json"],
-        env=worker_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+    run_id = trigger_run(worker_env, tmp_path)
 
     # kill -9 every process of the first worker once the poll is pending.
     first = subprocess.Popen(
@@ -300,16 +298,8 @@ def test_sigterm_finishes_in_flight_run(
     events = 200_000
     with SandboxServer(events=events) as big:
         worker_env.update(BUTTONDOWN_API_URL=big.api_url, SENTRY_DSN=dsn)
-        processor = str(BIN / "processor")
-        triggered = subprocess.run(
-            [processor, "trigger", "--json"],
-            env=worker_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+        str(BIN / "processor")
+        run_id = trigger_run(worker_env, tmp_path)
 
         with running_worker(worker_env, tmp_path) as worker:
             record = wait_for_status(run_id, "processing", worker_env, tmp_path)
@@ -343,15 +333,7 @@ def test_worker_killed_while_processing(
             PROCESSOR_DOWNLOAD_DEADLINE="20",
         )
         processor = str(BIN / "processor")
-        triggered = subprocess.run(
-            [processor, "trigger", "--json"],
-            env=worker_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+        run_id = trigger_run(worker_env, tmp_path)
 
         first = subprocess.Popen(
             procfile_command("worker"),
@@ -396,16 +378,8 @@ def test_duplicate_polls_on_redis_one_download(
             PROCESSOR_POLL_MAX_DELAY="1",
         )
         with running_worker(worker_env, tmp_path):
-            processor = str(BIN / "processor")
-            triggered = subprocess.run(
-                [processor, "trigger", "--json"],
-                env=worker_env,
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+            str(BIN / "processor")
+            run_id = trigger_run(worker_env, tmp_path)
             wait_for_status(run_id, "waiting", worker_env, tmp_path)
 
             settings = Settings.from_env(worker_env)
@@ -455,15 +429,7 @@ def test_redis_restart_with_poll_pending(
             running_worker(worker_env, tmp_path),
             running(watchdog, worker_env, tmp_path),
         ):
-            triggered = subprocess.run(
-                [processor, "trigger", "--json"],
-                env=worker_env,
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            run_id = json.loads(triggered.stdout.splitlines()[-1])["run_id"]
+            run_id = trigger_run(worker_env, tmp_path)
             wait_for_status(run_id, "waiting", worker_env, tmp_path)
 
             server.terminate()
