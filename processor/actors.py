@@ -6,7 +6,7 @@
         -> process(run_id)  download the file, parse it, dispatch the events
 
 Every wait is a delayed message, so no worker thread sleeps while an export
-is being prepared or while the API asks for patience. A transient fault (a
+is being prepared or while the API rate-limits requests. A transient fault (a
 429, a 5xx, a timeout, a cut download) sends the same message again after a
 backoff, up to ``PROCESSOR_MAX_RETRIES`` consecutive failures. A permanent
 fault, or one retry too many, marks the run failed with the reason.

@@ -1,6 +1,6 @@
 """Settings read from environment variables and checked at start.
 
-Every setting has an environment variable; ``Settings.from_env`` reads them
+Every setting has an environment variable. ``Settings.from_env`` reads them
 all at once and raises ``ConfigurationError`` naming the variable, the value
 and the fix, so that a bad deployment fails at start instead of mid-run.
 """

@@ -21,6 +21,6 @@ def configure_logging(level: str | None = None) -> None:
         )
     logging.basicConfig(level=getattr(logging, name), format=LOG_FORMAT)
 
-    # httpx logs every request at INFO; the processor's own lines say more.
+    # httpx logs every request at INFO; the processor's own lines carry more detail.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

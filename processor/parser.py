@@ -32,7 +32,7 @@ MAX_LOGGED_REJECTS = 20
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
-# What zipfile raises for a damaged member: a CRC mismatch (BadZipFile), a
+# Exceptions zipfile raises for a damaged member: a CRC mismatch (BadZipFile), a
 # cut stream (EOFError), corrupt deflate data (zlib.error), encryption
 # (RuntimeError) or an unsupported compression method (NotImplementedError).
 _ZIP_ERRORS = (
@@ -202,7 +202,7 @@ def _events_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
 
 def _iter_csv(stream: IO[bytes], source: str, stats: ParseStats) -> Iterator[Event]:
     # NOTE: invalid UTF-8 stops the file with a ParseError instead of
-    # rejecting just the row that holds it.
+    # rejecting just the row that contains it.
     if csv.field_size_limit() < MAX_FIELD_SIZE:
         csv.field_size_limit(MAX_FIELD_SIZE)
 

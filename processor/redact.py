@@ -4,7 +4,7 @@ A presigned download URL carries its credential in the query string, and
 the HTTP libraries log URLs and response headers (a redirect's
 ``Location``) at INFO and DEBUG. ``install_log_redaction`` puts a filter on
 those libraries' loggers that replaces the credential parameters with
-``[Filtered]`` before any handler sees the record.
+``[Filtered]`` before any handler receives the record.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Delays between attempts: status polls, retries and rate-limit waits.
 
-Every delay here becomes the ``delay`` of a dramatiq message; nothing in
-the processor sleeps while it holds a worker thread.
+Every delay here becomes the ``delay`` of a dramatiq message, so nothing in
+the processor sleeps in a worker thread.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A run record contains the run id, the export id, the status, the counts and
 the last error. ``RedisRunStore`` keeps records in Redis for workers on a
-Redis broker; ``FileRunStore`` keeps them as JSON files for the embedded
+Redis broker. ``FileRunStore`` keeps them as JSON files for the embedded
 mode, so that a later command on the same machine can read them. Both apply
 updates atomically: ``update`` reads, changes and writes a record under a
 lock (a file lock, or Redis ``WATCH``).

@@ -205,7 +205,7 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
         tracemalloc.stop()
 
     assert count == 100_000
-    # The file holds about 13 MB of CSV; a parser that kept rows would peak
+    # The file contains about 13 MB of CSV; a parser that kept rows would peak
     # far above this bound.
     assert peak < 2 * 1024 * 1024
 

@@ -46,7 +46,7 @@ class Export(msgspec.Struct, kw_only=True):
 
     @property
     def is_known_status(self) -> bool:
-        """Whether the status is one the processor knows how to act on."""
+        """Return whether the processor acts on this status (after aliases)."""
         return self.state in KNOWN_STATUSES
 
 

@@ -24,7 +24,7 @@ RESERVE = 2
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Return the seconds a ``Retry-After`` value asks for, or ``None``.
+    """Return the seconds a ``Retry-After`` value requests, or ``None``.
 
     The value is a number of seconds or an HTTP date. ``None`` comes back
     for a missing, negative, past or unparseable value, so that the caller

@@ -127,9 +127,9 @@ def _sandbox_settings(
 
 
 # The sandbox is local and responds at once, so waits and timeouts sized for
-# Buttondown would only slow a demo down, and the sandbox's slow and trickle
-# faults (3 seconds, and a byte every 0.25 seconds) would take minutes to
-# surface. Variables that are set still win.
+# Buttondown would only slow a demo down. With them, the sandbox's slow and
+# trickle faults (3 seconds, and a byte every 0.25 seconds) would also take
+# minutes to surface. Variables that are set still win.
 _SANDBOX_DELAYS = {
     "PROCESSOR_POLL_MIN_DELAY": ("poll_min_delay", 0.2),
     "PROCESSOR_POLL_MAX_DELAY": ("poll_max_delay", 1.0),
