@@ -30,6 +30,7 @@ from processor.config import Settings
 from processor.download import DownloadLimits, download
 from processor.errors import (
     ApiError,
+    DamagedFile,
     DownloadExpired,
     ExportNotFound,
     IncompleteDownload,
@@ -348,9 +349,21 @@ class PipelineActors(StepBase):
                     on_progress=lambda progress: self._record_counts(
                         run_id, token, progress
                     ),
+                    limits=self.settings.parse_limits,
+                    rejects_path=self.settings.rejects_path(run_id),
                 )
             except RunStopped as stopped:
                 logger.info("Run %s stopped while processing: %s", run_id, stopped)
+                return
+            except DamagedFile as error:
+                # A cut or corrupt file is found before its first event, so
+                # downloading it again hands nothing to the plugins twice.
+                if error.events == 0:
+                    self._retry_later(run_id, token, error, resend)
+                else:
+                    self._fail(
+                        run_id, f"Parsing export {run.export_id} failed: {error}"
+                    )
                 return
             except ProcessorError as error:
                 self._fail(run_id, f"Parsing export {run.export_id} failed: {error}")

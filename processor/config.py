@@ -17,6 +17,7 @@ import httpx
 from sentry_sdk.utils import BadDsn, Dsn
 
 from processor.errors import ConfigurationError
+from processor.limits import ParseLimits
 
 DEFAULT_API_URL = "https://api.buttondown.com/v1"
 
@@ -48,6 +49,7 @@ class Settings:
     retry_max_delay: float = 60.0
     max_retry_after: float = 300.0
     stuck_after: float = 900.0
+    parse_limits: ParseLimits = dataclasses.field(default_factory=ParseLimits)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +78,7 @@ class Settings:
             retry_max_delay=_seconds(env, "PROCESSOR_RETRY_MAX_DELAY", 60.0),
             max_retry_after=_seconds(env, "PROCESSOR_MAX_RETRY_AFTER", 300.0),
             stuck_after=_seconds(env, "PROCESSOR_STUCK_AFTER", 900.0),
+            parse_limits=_parse_limits(env),
         )
 
         _check_order(
@@ -101,6 +104,10 @@ class Settings:
             pool=self.connect_timeout,
         )
 
+    def rejects_path(self, run_id: str) -> Path:
+        """Return the path of the rejects file of run ``run_id``."""
+        return self.state_dir / "rejects" / f"{run_id}.jsonl"
+
     def require_api_key(self) -> str:
         """Return the API key, or raise when it is not set."""
         if not self.api_key:
@@ -114,6 +121,30 @@ class Settings:
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _parse_limits(env: Mapping[str, str]) -> ParseLimits:
+    default = ParseLimits()
+    return ParseLimits(
+        max_uncompressed_bytes=_count(
+            env,
+            "PROCESSOR_MAX_UNCOMPRESSED_BYTES",
+            default.max_uncompressed_bytes,
+            minimum=1,
+        ),
+        max_compression_ratio=_count(
+            env,
+            "PROCESSOR_MAX_COMPRESSION_RATIO",
+            default.max_compression_ratio,
+            minimum=1,
+        ),
+        max_members=_count(
+            env, "PROCESSOR_MAX_ARCHIVE_MEMBERS", default.max_members, minimum=1
+        ),
+        max_field_size=_count(
+            env, "PROCESSOR_MAX_FIELD_SIZE", default.max_field_size, minimum=1024
+        ),
+    )
 
 
 def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:

@@ -19,6 +19,8 @@ Every error the processor raises on purpose derives from ``ProcessorError``:
     │   ├── DownloadExpired         403 or 404 from storage: fetch a fresh URL
     │   └── IncompleteDownload      cut short, timed out or a 5xx; retry
     ├── ParseError                  the export file cannot be read at all
+    │   ├── DamagedFile             cut short, or a failed CRC-32 or size check
+    │   └── LimitExceeded           too large, too compressed or too many members
     ├── PluginError                 a plugin could not be loaded
     └── RunStopped                  the run ended elsewhere while it worked
 
@@ -133,7 +135,20 @@ class IncompleteDownload(DownloadError):
 
 
 class ParseError(ProcessorError):
-    """The export file is not in a format the parser reads."""
+    """The export file cannot be read, or not all of it.
+
+    ``events`` is the number of events read, and handed on, before the fault.
+    """
+
+    events: int = 0
+
+
+class DamagedFile(ParseError):
+    """The export file is cut short or corrupt; a fresh download may work."""
+
+
+class LimitExceeded(ParseError):
+    """The export file breaks a limit in ``ParseLimits``, as a ZIP bomb does."""
 
 
 class PluginError(ProcessorError):

@@ -40,21 +40,28 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     Fields:
         id: Buttondown's event id, such as ``ext_evt_...``; unique per event.
-        token: the export's ``token`` column, kept as given.
+        token: the export's ``token`` column, kept as given, or ``""`` when
+            the export has none.
         email_id: the email (newsletter issue) the event belongs to, or
             ``None`` when the export left it empty.
-        subscriber_email: the subscriber's address (``subscriber__email``).
+        subscriber_email: the subscriber's address (``subscriber__email``),
+            or ``None`` when the export has only subscriber ids.
         event_type: ``delivered``, ``opened``, ``clicked`` and so on; types
             outside ``KNOWN_EVENT_TYPES`` are kept as given.
         timestamp: when the event happened, always timezone-aware; a value
             without an offset is read as UTC.
         metadata: the event's details, such as ``client_name`` or ``url``.
+        subscriber_id: the subscriber's id, present in exports shaped like
+            the API's event objects and ``None`` in the dashboard's CSV.
+
+    Every id is a string as written in the export, never a number.
     """
 
     id: str
     token: str
     email_id: str | None
-    subscriber_email: str
+    subscriber_email: str | None
     event_type: str
     timestamp: datetime
     metadata: dict[str, MetadataValue]
+    subscriber_id: str | None = None

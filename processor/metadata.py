@@ -26,12 +26,34 @@ _EMPTY_END = re.compile(r"\s*\}\s*$")
 
 _json_decoder = msgspec.json.Decoder(dict[str, MetadataValue])
 
+# Parsed cells by their text. Exports repeat the same few metadata values
+# (client names, countries, bounce reasons) across millions of rows, so most
+# cells are parsed once. Only short cells are kept, and the cache is emptied
+# when full, so it holds at most _CACHE_SIZE * _CACHE_KEY_MAX characters.
+_CACHE_SIZE = 4096
+_CACHE_KEY_MAX = 512
+_cache: dict[str, dict[str, MetadataValue]] = {}
+
 
 def parse_metadata(text: str) -> dict[str, MetadataValue]:
     """Parse a metadata cell, raising ``ValueError`` with the reason.
 
-    An empty cell is an empty dict.
+    An empty cell is an empty dict. Each call returns a new dict, so a
+    caller may change it without affecting other events.
     """
+    cached = _cache.get(text)
+    if cached is not None:
+        return cached.copy()
+
+    result = _parse(text)
+    if len(text) <= _CACHE_KEY_MAX:
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[text] = result.copy()
+    return result
+
+
+def _parse(text: str) -> dict[str, MetadataValue]:
     text = text.strip()
     if not text:
         return {}
@@ -39,7 +61,16 @@ def parse_metadata(text: str) -> dict[str, MetadataValue]:
     if not text.startswith("{"):
         raise ValueError(f"metadata does not start with '{{': {_excerpt(text)}")
 
-    if text.startswith('{"'):
+    if '"' not in text and "\\" not in text:
+        # Every quote is then a single quote that opens or closes a string
+        # without escapes, so the literal reads as JSON once the quotes are
+        # swapped. JSON rejects what Python alone allows (True, None, a
+        # trailing comma), which the token scanner below then reads.
+        try:
+            return _json_decoder.decode(text.replace("'", '"'))
+        except msgspec.DecodeError:
+            pass
+    elif text.startswith('{"'):
         try:
             return _json_decoder.decode(text)
         except msgspec.DecodeError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -228,37 +228,50 @@ class Dispatcher:
             self._active.append((plugin.name, handler, event_types))
 
     def dispatch(self, event: Event) -> None:
-        """Hand ``event`` to every handler that wants its type.
+        """Hand ``event`` to every handler that wants its type."""
+        self.dispatch_batch([event])
 
-        A handler resumed from a checkpoint skips the events up to it.
+    def dispatch_batch(self, events: Sequence[Event]) -> None:
+        """Hand ``events``, in order, to every handler that wants their type.
+
+        Each handler receives the whole batch before the next one starts. A
+        handler resumed from a checkpoint skips the events up to it.
         """
-        index = self.position
-        self.position += 1
+        start = self.position
+        self.position += len(events)
 
         for name, event_types in self._broken:
-            if event_types is None or event.event_type in event_types:
-                self.counts[name].failed += 1
+            wanted = _wanted(events, event_types)
+            self.counts[name].failed += len(wanted)
 
         for name, handler, event_types in self._active:
-            if event_types is not None and event.event_type not in event_types:
-                continue
-            if index < self._skip.get(name, 0):
-                continue
+            skip = self._skip.get(name, 0) - start
+            pending = events[skip:] if skip > 0 else events
+            self._deliver(name, handler, _wanted(pending, event_types))
 
-            counts = self.counts[name]
-            try:
-                handler.handle(event)
-            except Exception:
-                counts.failed += 1
-                if counts.failed <= MAX_LOGGED_FAILURES:
-                    logger.exception("Plugin %r failed on event %s.", name, event.id)
-                if counts.failed == MAX_LOGGED_FAILURES:
-                    logger.warning(
-                        "Further failures of plugin %r are counted but not logged.",
-                        name,
-                    )
-                continue
-            counts.handled += 1
+    def _deliver(self, name: str, handler: Handler, events: Sequence[Event]) -> None:
+        counts = self.counts[name]
+        handle = handler.handle
+        handled = 0
+        try:
+            for event in events:
+                try:
+                    handle(event)
+                except Exception:
+                    counts.failed += 1
+                    if counts.failed <= MAX_LOGGED_FAILURES:
+                        logger.exception(
+                            "Plugin %r failed on event %s.", name, event.id
+                        )
+                    if counts.failed == MAX_LOGGED_FAILURES:
+                        logger.warning(
+                            "Further failures of plugin %r are counted but not logged.",
+                            name,
+                        )
+                    continue
+                handled += 1
+        finally:
+            counts.handled += handled
 
     def checkpoint(self) -> dict[str, Checkpoint]:
         """Ask each handler to make its effects durable; return the progress.
@@ -292,3 +305,11 @@ class Dispatcher:
                 reason = f"teardown failed: {type(error).__name__}: {error}"
                 self.counts[name].error = reason
         self._active.clear()
+
+
+def _wanted(
+    events: Sequence[Event], event_types: frozenset[str] | None
+) -> Sequence[Event]:
+    if event_types is None:
+        return events
+    return [event for event in events if event.event_type in event_types]

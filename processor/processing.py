@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
-from processor.parser import ParseStats, iter_events
+from processor.limits import ParseLimits
+from processor.parser import DEFAULT_LIMITS, ParseStats, iter_events
 from processor.plugins import Checkpoint, Dispatcher, PluginCounts, RunInfo
+from processor.rejects import Rejects
 
 logger = logging.getLogger(__name__)
 
 # Seconds between progress callbacks (and checkpoints) while parsing.
 PROGRESS_INTERVAL = 0.5
+
+# Events handed to the dispatcher at a time. Batches cut the cost per event
+# of the dispatch loop, and progress is checked between them.
+BATCH_SIZE = 256
+
+_event_type = operator.attrgetter("event_type")
+
+T = TypeVar("T")
 
 
 class Summary(msgspec.Struct, kw_only=True):
@@ -29,6 +41,7 @@ class Summary(msgspec.Struct, kw_only=True):
 
     events: int = 0
     rejected: int = 0
+    rejects_file: str | None = None
     event_types: dict[str, int] = msgspec.field(default_factory=dict)
     plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
     checkpoints: dict[str, Checkpoint] = msgspec.field(default_factory=dict)
@@ -42,33 +55,46 @@ def process_file(
     dispatcher: Dispatcher,
     run: RunInfo,
     on_progress: ProgressCallback | None = None,
+    *,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    rejects_path: Path | None = None,
 ) -> Summary:
     """Parse ``path`` and dispatch each event; return the counts.
 
-    Raises ``ParseError`` when the file cannot be read at all, and passes on
-    whatever ``on_progress`` raises, which is how a caller stops a run.
-    Handlers are set up before the first event and torn down after the
-    last, also when parsing stops with an error.
+    Rejected rows are written to ``rejects_path`` (created only if a row is
+    rejected). Raises ``ParseError`` when the file cannot be read, after
+    dispatching every event read before the fault, and passes on whatever
+    ``on_progress`` raises, which is how a caller stops a run. Handlers are
+    set up before the first event and torn down after the last, also when
+    parsing stops with an error.
     """
     stats = ParseStats()
     event_types: Counter[str] = Counter()
+    rejects = Rejects(rejects_path)
     next_report = time.monotonic() + PROGRESS_INTERVAL
+
+    def summarize() -> Summary:
+        summary = _summary(stats, event_types, dispatcher)
+        if rejects.count and rejects_path is not None:
+            summary.rejects_file = str(rejects_path)
+        return summary
 
     dispatcher.setup(run)
     try:
         if on_progress is not None:
             # A checkpoint before the first event: a crash before the next
             # one resumes here, so a plugin can undo what it wrote meanwhile.
-            summary = _summary(stats, event_types, dispatcher)
+            summary = summarize()
             summary.checkpoints = dispatcher.checkpoint()
             on_progress(summary)
 
-        for event in iter_events(path, stats):
-            event_types[event.event_type] += 1
-            dispatcher.dispatch(event)
+        events = iter_events(path, stats, limits=limits, rejects=rejects)
+        for batch in _batches(events, BATCH_SIZE):
+            event_types.update(map(_event_type, batch))
+            dispatcher.dispatch_batch(batch)
 
             if on_progress is not None and time.monotonic() >= next_report:
-                summary = _summary(stats, event_types, dispatcher)
+                summary = summarize()
                 summary.checkpoints = dispatcher.checkpoint()
                 on_progress(summary)
                 next_report = time.monotonic() + PROGRESS_INTERVAL
@@ -77,12 +103,13 @@ def process_file(
         # match what the plugins saw.
         if on_progress is not None:
             with contextlib.suppress(Exception):
-                on_progress(_summary(stats, event_types, dispatcher))
+                on_progress(summarize())
         raise
     finally:
+        rejects.close()
         dispatcher.teardown()
 
-    summary = _summary(stats, event_types, dispatcher)
+    summary = summarize()
     logger.info(
         "Processed %d events (%d rejected) from %s for run %s.",
         summary.events,
@@ -91,6 +118,27 @@ def process_file(
         run.run_id,
     )
     return summary
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Yield lists of up to ``size`` items.
+
+    When ``items`` raises, the items read before the fault are yielded first
+    and the exception is raised after them.
+    """
+    batch: list[T] = []
+    try:
+        for item in items:
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except Exception:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
 
 
 def _summary(

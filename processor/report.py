@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from processor.events import KNOWN_EVENT_TYPES
 from processor.state import Run
 
 
@@ -19,7 +20,9 @@ def summary_fields(run: Run) -> dict[str, Any]:
         "status": run.status,
         "events": run.events,
         "rejected": run.rejected,
+        "rejects_file": run.rejects_file,
         "event_types": dict(sorted(run.event_types.items())),
+        "unknown_event_types": dict(sorted(unknown_types(run).items())),
         "plugins": {
             name: msgspec.structs.asdict(counts)
             if counts.error
@@ -29,6 +32,15 @@ def summary_fields(run: Run) -> dict[str, Any]:
         "error": run.error if run.status == "failed" else None,
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def unknown_types(run: Run) -> dict[str, int]:
+    """Return the counts of the run's event types outside the known list."""
+    return {
+        name: count
+        for name, count in run.event_types.items()
+        if name not in KNOWN_EVENT_TYPES
     }
 
 
@@ -43,6 +55,8 @@ def summary_text(run: Run) -> str:
     if run.export_id:
         lines.append(f"  export     {run.export_id}")
     lines.append(f"  events     {run.events:,} ({run.rejected:,} rows rejected)")
+    if run.rejects_file:
+        lines.append(f"  rejects    {run.rejects_file}")
 
     if run.event_types:
         by_type = ", ".join(
@@ -52,6 +66,11 @@ def summary_text(run: Run) -> str:
             )
         )
         lines.append(f"  by type    {by_type}")
+
+    unknown = unknown_types(run)
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        lines.append(f"  unknown    {names} (passed to plugins as given)")
 
     if run.plugins:
         for name, counts in sorted(run.plugins.items()):

@@ -78,6 +78,7 @@ class Run(msgspec.Struct, kw_only=True):
     finished_at: datetime | None = None
     events: int = 0
     rejected: int = 0
+    rejects_file: str | None = None
     event_types: dict[str, int] = msgspec.field(default_factory=dict)
     plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
     checkpoints: dict[str, Checkpoint] = msgspec.field(default_factory=dict)
@@ -130,6 +131,7 @@ class Run(msgspec.Struct, kw_only=True):
         """Copy the event and plugin counts of ``summary`` into the run."""
         self.events = summary.events
         self.rejected = summary.rejected
+        self.rejects_file = summary.rejects_file
         self.event_types = summary.event_types
         self.plugins = summary.plugins
         if summary.checkpoints:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from processor.errors import ParseError
-from processor.parser import EVENT_COLUMNS, ParseStats, iter_events, parse_timestamp
+from processor.errors import DamagedFile, ParseError
+from processor.events import EVENT_COLUMNS
+from processor.parser import ParseStats, iter_events
+from processor.rows import parse_timestamp
 
 ROW = [
     "ext_evt_01",
@@ -150,7 +152,7 @@ def test_binary_file_rejected(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_bytes(b"\x00\x01\x02\x03binary")
 
-    with pytest.raises(ParseError, match="neither a ZIP"):
+    with pytest.raises(ParseError, match="binary data"):
         list(iter_events(path))
 
 
@@ -206,8 +208,8 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
 
     assert count == 100_000
     # The file contains about 13 MB of CSV; a parser that kept rows would peak
-    # far above this bound.
-    assert peak < 2 * 1024 * 1024
+    # far above this bound, which allows a few 1 MiB read buffers.
+    assert peak < 8 * 1024 * 1024
 
 
 def damaged_zip(tmp_path: Path, rows: int = 2000) -> Path:
@@ -220,14 +222,16 @@ def damaged_zip(tmp_path: Path, rows: int = 2000) -> Path:
     return path
 
 
-def test_damaged_zip_member_raises_parse_error(tmp_path: Path) -> None:
+def test_damaged_zip_member_yields_no_events(tmp_path: Path) -> None:
     stats = ParseStats()
+    seen = []
 
-    with pytest.raises(ParseError, match="damaged") as caught:
-        for _ in iter_events(damaged_zip(tmp_path), stats):
-            pass
+    with pytest.raises(DamagedFile, match="damaged"):
+        for event in iter_events(damaged_zip(tmp_path), stats):
+            seen.append(event)
 
-    assert f"after {stats.events} events" in str(caught.value)
+    assert seen == []
+    assert stats.events == 0
 
 
 def test_field_over_default_csv_limit(tmp_path: Path) -> None:

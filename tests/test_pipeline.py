@@ -4,6 +4,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -70,6 +71,7 @@ def test_archive_holds_each_event_once(settings: Settings, archive_dir: Path) ->
         "token",
         "email_id",
         "subscriber_email",
+        "subscriber_id",
         "event_type",
         "timestamp",
         "metadata",
@@ -129,8 +131,10 @@ def test_unexpected_error_mid_file_dispatches_once(
 ) -> None:
     real_iter_events = processing.iter_events
 
-    def failing_iter_events(path: Path, stats: ParseStats) -> Iterator[Event]:
-        for count, event in enumerate(real_iter_events(path, stats)):
+    def failing_iter_events(
+        path: Path, stats: ParseStats, **options: Any
+    ) -> Iterator[Event]:
+        for count, event in enumerate(real_iter_events(path, stats, **options)):
             if count == 100:
                 raise RuntimeError("disk went away")
             yield event

@@ -237,7 +237,12 @@ def replay(file: Path, as_json: bool) -> None:
 
     try:
         summary = process_file(
-            file, Dispatcher(load_plugins()), RunInfo(run_id=run.run_id), record
+            file,
+            Dispatcher(load_plugins()),
+            RunInfo(run_id=run.run_id),
+            record,
+            limits=settings.parse_limits,
+            rejects_path=settings.rejects_path(run.run_id),
         )
     except ProcessorError as error:
         reason = str(error)

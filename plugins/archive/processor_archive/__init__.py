@@ -39,7 +39,8 @@ class ArchivedEvent(msgspec.Struct, kw_only=True):
     id: str
     token: str
     email_id: str | None
-    subscriber_email: str
+    subscriber_email: str | None
+    subscriber_id: str | None
     event_type: str
     timestamp: str
     metadata: dict[str, MetadataValue]
@@ -98,6 +99,7 @@ class ArchiveHandler(Handler):
             token=event.token,
             email_id=event.email_id,
             subscriber_email=event.subscriber_email,
+            subscriber_id=event.subscriber_id,
             event_type=event.event_type,
             timestamp=timestamp.isoformat(),
             metadata=event.metadata,

@@ -72,6 +72,7 @@ def test_line_has_event_fields(archive_dir: Path) -> None:
         "token": "tok",
         "email_id": "em_1",
         "subscriber_email": "reader@example.com",
+        "subscriber_id": None,
         "event_type": "clicked",
         "timestamp": "2024-03-13T00:16:58+00:00",
         "metadata": {"url": "https://example.com/a,b", "client_name": "Gmail"},
