@@ -53,7 +53,9 @@ def fast(tmp_path: Path) -> Settings:
         retry_min_delay=0.05,
         retry_max_delay=0.2,
         max_retry_after=3,
-        max_retries=8,
+        # With every fault enabled, the processing step meets four download
+        # faults and the API faults of its retrieves in a row.
+        max_retries=12,
     )
 
 

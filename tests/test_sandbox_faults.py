@@ -156,6 +156,7 @@ def test_faults_names_in_order() -> None:
         "expire",
         "gzip",
         "redirect",
+        "corrupt",
     )
     assert processor.sandbox.faults.FAULTS is FAULTS
 
@@ -415,6 +416,25 @@ def test_truncate_then_complete() -> None:
     assert len(complete.content) == length
     assert received == complete.content[: length // 2]
     assert server.fault_log == [("truncate", "GET", download_path(export))]
+
+
+def test_corrupt_then_clean() -> None:
+    with running("corrupt", polls_to_ready=0) as (server, client):
+        export = create(client)
+        damaged = httpx.get(export["url"])
+        clean = httpx.get(export["url"])
+
+    assert damaged.status_code == 200
+    assert len(damaged.content) == len(clean.content)
+    differing = [
+        index
+        for index, (left, right) in enumerate(
+            zip(damaged.content, clean.content, strict=True)
+        )
+        if left != right
+    ]
+    assert differing == [len(clean.content) // 2]
+    assert server.fault_log == [("corrupt", "GET", download_path(export))]
 
 
 def test_truncate_per_export() -> None:

@@ -62,9 +62,13 @@ X-RateLimit headers:
 - ``redirect`` (not limited): ``/downloads/...`` answers 302 to
   ``/storage/<id>/export.zip`` with the same query, which serves the file.
 
-``truncate``, ``trickle`` and ``gzip`` apply to the request that would serve
-the file: a valid, unexpired ``/storage/`` URL when ``redirect`` is enabled,
-else a valid, unexpired ``/downloads/`` URL.
+- ``corrupt`` (N=1 per export): the whole body with its full Content-Length,
+  but with one byte in the middle inverted, as a disk or proxy fault might
+  leave it. Only the ZIP's CRC-32 check can tell.
+
+``truncate``, ``trickle``, ``corrupt`` and ``gzip`` apply to the request that
+would serve the file: a valid, unexpired ``/storage/`` URL when ``redirect``
+is enabled, else a valid, unexpired ``/downloads/`` URL.
 """
 
 from __future__ import annotations
@@ -103,12 +107,13 @@ FAULTS = (
     "expire",
     "gzip",
     "redirect",
+    "corrupt",
 )
 
 # Faults chosen before an API request is processed, in FAULTS order.
 API_FAULTS = FAULTS[:8]
 # Download faults chosen for a request that would serve the file.
-SERVING_FAULTS = ("truncate", "trickle", "gzip")
+SERVING_FAULTS = ("truncate", "trickle", "corrupt", "gzip")
 
 # N of each limited fault. A fault missing here is not limited.
 LIMITS = {
@@ -123,6 +128,7 @@ LIMITS = {
     "unknown-status": 1,
     "truncate": 1,
     "trickle": 1,
+    "corrupt": 1,
 }
 
 TRICKLE_INTERVAL_SECONDS = 0.25

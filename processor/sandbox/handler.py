@@ -254,6 +254,12 @@ class SandboxRequestHandler(BaseHTTPRequestHandler):
             shutil.copyfileobj(file, self.wfile, _CHUNK_BYTES)
             return
 
+        if fault.name == "corrupt":
+            body = bytearray(file.read())
+            body[len(body) // 2] ^= 0xFF
+            self.wfile.write(body)
+            return
+
         # truncate and trickle leave the body short and end the connection,
         # which is how the client learns that the body is incomplete.
         self.close_connection = True
