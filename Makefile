@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean crash-trials
+.PHONY: install demo test lint format clean crash-trials bench
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .processor .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .processor .pytest_cache .mypy_cache .ruff_cache
 
 # Crash trials: kill -9 a worker while a poll is pending, during the
 # download and during parsing, TRIALS times each, and check that every run
@@ -45,3 +45,20 @@ crash-trials: $(STAMP)
 		$(BIN)/pytest -q -p no:cacheprovider tests/test_redis_pipeline.py \
 			-k "killed or restart or duplicate or two_triggers or sigterm" || exit 1; \
 	done
+
+# Parser benchmark: the processor against a naive parser, pandas and bare
+# inflating, on generated exports (kept in bench/.data). pandas is installed
+# into its own environment, never into the project's.
+BENCH_VENV := .venv-bench
+BENCH_EVENTS ?= 1000000
+BENCH_LARGE ?= 5000000
+BENCH_REPEAT ?= 1
+
+$(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -e . -r bench/requirements.txt
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/parse_bench.py --events $(BENCH_EVENTS) \
+		--large $(BENCH_LARGE) --repeat $(BENCH_REPEAT)
