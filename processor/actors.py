@@ -38,7 +38,8 @@ from processor.errors import (
     RunStopped,
     TransientApiError,
 )
-from processor.plugins import Dispatcher, RunInfo, load_plugins
+from processor.plugins import RunInfo
+from processor.plugins.wiring import build_dispatcher
 from processor.processing import Summary, process_file
 from processor.retry import backoff
 from processor.state import Run, RunStore
@@ -344,7 +345,7 @@ class PipelineActors(StepBase):
             try:
                 summary = process_file(
                     path,
-                    Dispatcher(load_plugins(), resume=run.checkpoints),
+                    build_dispatcher(self.settings, resume=run.checkpoints),
                     RunInfo(run_id=run_id, export_id=run.export_id),
                     on_progress=lambda progress: self._record_counts(
                         run_id, token, progress

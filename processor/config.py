@@ -50,6 +50,10 @@ class Settings:
     max_retry_after: float = 300.0
     stuck_after: float = 900.0
     parse_limits: ParseLimits = dataclasses.field(default_factory=ParseLimits)
+    plugins_enabled: frozenset[str] | None = None
+    plugins_disabled: frozenset[str] = frozenset()
+    plugin_attempts: int = 4
+    plugin_config_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +83,10 @@ class Settings:
             max_retry_after=_seconds(env, "PROCESSOR_MAX_RETRY_AFTER", 300.0),
             stuck_after=_seconds(env, "PROCESSOR_STUCK_AFTER", 900.0),
             parse_limits=_parse_limits(env),
+            plugins_enabled=_names(env, "PROCESSOR_PLUGINS"),
+            plugins_disabled=_names(env, "PROCESSOR_DISABLED_PLUGINS") or frozenset(),
+            plugin_attempts=_count(env, "PROCESSOR_PLUGIN_RETRIES", 4, minimum=1),
+            plugin_config_file=_config_file(env),
         )
 
         _check_order(
@@ -145,6 +153,27 @@ def _parse_limits(env: Mapping[str, str]) -> ParseLimits:
             env, "PROCESSOR_MAX_FIELD_SIZE", default.max_field_size, minimum=1024
         ),
     )
+
+
+def _names(env: Mapping[str, str], name: str) -> frozenset[str] | None:
+    """Read a comma-separated list of plugin names; ``None`` when unset."""
+    value = _optional(env, name)
+    if value is None:
+        return None
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _config_file(env: Mapping[str, str]) -> Path | None:
+    value = _optional(env, "PROCESSOR_PLUGIN_CONFIG")
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(
+            f"PROCESSOR_PLUGIN_CONFIG is {value!r}, which is not a file; point it "
+            "at a TOML file with one [plugins.NAME] table per plugin, or unset it."
+        )
+    return path
 
 
 def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from processor.events import Event
-from processor.plugins import Handler
+from processor.plugins import Handler, RetryLater, RunInfo
 
 
 class RecordingHandler(Handler):
@@ -37,3 +39,55 @@ class FailingSetup(RecordingHandler):
 
 def not_a_handler() -> object:
     return object()
+
+
+class FlakyHandler(RecordingHandler):
+    """Raises RetryLater on the first two attempts at each event."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: dict[str, int] = {}
+
+    def handle(self, event: Event) -> None:
+        self.attempts[event.id] = self.attempts.get(event.id, 0) + 1
+        if self.attempts[event.id] <= 2:
+            raise RetryLater("warehouse busy", after=0.25)
+        super().handle(event)
+
+
+class AlwaysBusy(Handler):
+    name = "busy"
+
+    def handle(self, event: Event) -> None:
+        raise RetryLater("still busy")
+
+
+class BatchRecorder(Handler):
+    """A bulk sink: records the size of each batch it receives."""
+
+    name = "batch"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        if any(event.id == "poison" for event in events):
+            raise ValueError("bulk insert failed")
+        self.batches.append([event.id for event in events])
+
+
+class FutureApi(RecordingHandler):
+    api_version = 2
+
+
+class BadEventTypes(RecordingHandler):
+    event_types = "bounced"  # type: ignore[assignment]
+
+
+class ConfigRecorder(RecordingHandler):
+    name = "configured"
+
+    def setup(self, run: RunInfo) -> None:
+        self.config = dict(run.config)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -10,10 +11,12 @@ from processor.plugins import (
     ENTRY_POINT_GROUP,
     Dispatcher,
     Plugin,
+    PluginSelection,
     RunInfo,
     load_plugins,
 )
-from tests.sample_plugins import RecordingHandler
+from processor.plugins.deadletters import FileDeadLetters
+from tests.sample_plugins import BatchRecorder, ConfigRecorder, RecordingHandler
 
 
 def entry_point(name: str, value: str) -> EntryPoint:
@@ -121,3 +124,140 @@ def test_failing_setup_skips_plugin() -> None:
     assert dispatcher.counts["failing-setup"].failed == 1
     assert dispatcher.counts["recording"].handled == 1
     assert "setup failed: OSError" in str(dispatcher.counts["failing-setup"].error)
+
+
+def test_other_api_version_fails_to_load() -> None:
+    plugins = loaded(("future", "tests.sample_plugins:FutureApi"))
+
+    assert plugins["future"].status == "failed"
+    assert "handler API version 2" in str(plugins["future"].error)
+    assert "provides version 1" in str(plugins["future"].error)
+
+
+def test_event_types_string_fails_to_load() -> None:
+    plugins = loaded(("odd-types", "tests.sample_plugins:BadEventTypes"))
+
+    assert plugins["odd-types"].status == "failed"
+    assert "event_types 'bounced'" in str(plugins["odd-types"].error)
+
+
+def test_allow_list_disables_others() -> None:
+    plugins = load_plugins(
+        [
+            entry_point("recording", "tests.sample_plugins:RecordingHandler"),
+            entry_point("bounces", "tests.sample_plugins:BouncesOnly"),
+        ],
+        PluginSelection(enabled=frozenset({"bounces"})),
+    )
+    by_name = {plugin.name: plugin for plugin in plugins}
+
+    assert by_name["bounces"].status == "loaded"
+    assert by_name["recording"].status == "disabled"
+    assert by_name["recording"].handler is None
+
+
+def test_deny_list_wins_over_allow_list() -> None:
+    plugins = load_plugins(
+        [entry_point("recording", "tests.sample_plugins:RecordingHandler")],
+        PluginSelection(
+            enabled=frozenset({"recording"}), disabled=frozenset({"recording"})
+        ),
+    )
+
+    assert plugins[0].status == "disabled"
+
+
+def dispatcher_for(
+    *pairs: tuple[str, str], store: FileDeadLetters | None = None
+) -> tuple[Dispatcher, dict[str, Plugin], list[float]]:
+    plugins = loaded(*pairs)
+    waits: list[float] = []
+    dispatcher = Dispatcher(plugins.values(), dead_letters=store, sleep=waits.append)
+    dispatcher.setup(RunInfo(run_id="run_1", export_id="exp_1"))
+    return dispatcher, plugins, waits
+
+
+def test_retry_later_then_success(tmp_path: Path) -> None:
+    store = FileDeadLetters(tmp_path)
+    dispatcher, plugins, waits = dispatcher_for(
+        ("flaky", "tests.sample_plugins:FlakyHandler"), store=store
+    )
+
+    dispatcher.dispatch_batch([make_event("evt_1"), make_event("evt_2")])
+
+    handler = plugins["flaky"].handler
+    assert isinstance(handler, RecordingHandler)
+    assert handler.seen == ["evt_1", "evt_2"]
+    assert dispatcher.counts["flaky"].handled == 2
+    assert dispatcher.counts["flaky"].failed == 0
+    assert waits == [0.25, 0.25, 0.25, 0.25]
+    assert store.plugins() == []
+
+
+def test_retry_later_exhausted_dead_letter(tmp_path: Path) -> None:
+    store = FileDeadLetters(tmp_path)
+    dispatcher, _, waits = dispatcher_for(
+        ("busy", "tests.sample_plugins:AlwaysBusy"),
+        ("recording", "tests.sample_plugins:RecordingHandler"),
+        store=store,
+    )
+
+    dispatcher.dispatch(make_event("evt_1"))
+
+    [letter] = store.letters("busy")
+    assert letter.event.id == "evt_1"
+    assert letter.attempts == 4
+    assert letter.error == "RetryLater: still busy"
+    assert letter.run_id == "run_1"
+    assert letter.export_id == "exp_1"
+    assert waits == [0.5, 1.0, 2.0]
+    assert dispatcher.counts["busy"].failed == 1
+    assert dispatcher.counts["recording"].handled == 1
+
+
+def test_raising_plugin_dead_letters_each_event(tmp_path: Path) -> None:
+    store = FileDeadLetters(tmp_path)
+    dispatcher, _, waits = dispatcher_for(
+        ("raising", "tests.sample_plugins:RaisingHandler"), store=store
+    )
+
+    dispatcher.dispatch_batch([make_event("evt_1"), make_event("evt_2")])
+
+    letters = store.letters("raising")
+    assert [letter.event.id for letter in letters] == ["evt_1", "evt_2"]
+    assert letters[0].error == "RuntimeError: cannot handle evt_1"
+    assert letters[0].attempts == 1
+    assert waits == []
+
+
+def test_batch_handler_gets_whole_batches(tmp_path: Path) -> None:
+    store = FileDeadLetters(tmp_path)
+    dispatcher, plugins, _ = dispatcher_for(
+        ("batch", "tests.sample_plugins:BatchRecorder"), store=store
+    )
+
+    dispatcher.dispatch_batch([make_event(f"evt_{n}") for n in range(3)])
+    dispatcher.dispatch_batch([make_event("poison"), make_event("evt_9")])
+
+    handler = plugins["batch"].handler
+    assert isinstance(handler, BatchRecorder)
+    assert handler.batches == [["evt_0", "evt_1", "evt_2"]]
+    assert dispatcher.counts["batch"].handled == 3
+    assert dispatcher.counts["batch"].failed == 2
+    assert [letter.event.id for letter in store.letters("batch")] == [
+        "poison",
+        "evt_9",
+    ]
+
+
+def test_config_reaches_setup() -> None:
+    plugins = loaded(("configured", "tests.sample_plugins:ConfigRecorder"))
+    dispatcher = Dispatcher(
+        plugins.values(), configs={"configured": {"table": "events"}}
+    )
+
+    dispatcher.setup(RunInfo(run_id="run_1"))
+
+    handler = plugins["configured"].handler
+    assert isinstance(handler, ConfigRecorder)
+    assert handler.config == {"table": "events"}

@@ -220,7 +220,8 @@ def _wait(app: App, run_id: str, timeout: float) -> tuple[Run, int]:
 )
 def replay(file: Path, as_json: bool) -> None:
     """Run the plugins over a local export FILE, such as a dashboard CSV."""
-    from processor.plugins import Dispatcher, RunInfo, load_plugins
+    from processor.plugins import RunInfo
+    from processor.plugins.wiring import build_dispatcher
     from processor.processing import Summary, process_file
 
     settings = Settings.from_env()
@@ -238,7 +239,7 @@ def replay(file: Path, as_json: bool) -> None:
     try:
         summary = process_file(
             file,
-            Dispatcher(load_plugins()),
+            build_dispatcher(settings),
             RunInfo(run_id=run.run_id),
             record,
             limits=settings.parse_limits,

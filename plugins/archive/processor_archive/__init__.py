@@ -62,7 +62,10 @@ class ArchiveHandler(Handler):
         self._written = 0
 
     def setup(self, run: RunInfo) -> None:
-        value = os.environ.get("PROCESSOR_ARCHIVE_DIR", "").strip()
+        # PROCESSOR_PLUGIN_ARCHIVE_DIR (or "dir" in the config file) sets
+        # run.config["dir"]; PROCESSOR_ARCHIVE_DIR is the older name.
+        value = str(run.config.get("dir") or "").strip()
+        value = value or os.environ.get("PROCESSOR_ARCHIVE_DIR", "").strip()
         self.directory = Path(value).expanduser() if value else DEFAULT_DIRECTORY
         self.directory.mkdir(parents=True, exist_ok=True)
         self._run = run

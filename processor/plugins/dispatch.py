@@ -1,0 +1,297 @@
+"""The dispatcher: hands each event to every plugin that wants it.
+
+A handler's exception never stops another plugin or the run. ``RetryLater``
+hands the event over again after a backoff, up to ``RetryPolicy.attempts``
+attempts. Any other exception, or the last ``RetryLater``, counts the event
+as failed for that plugin and puts it on the plugin's dead-letter list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from processor.events import Event
+from processor.plugins.api import (
+    Checkpoint,
+    Handler,
+    PluginCounts,
+    RetryLater,
+    RunInfo,
+    uses_batches,
+)
+from processor.plugins.deadletters import DeadLetter, DeadLetterStore
+from processor.plugins.loader import Plugin
+
+logger = logging.getLogger(__name__)
+
+# Failures per plugin beyond this many in a run are counted but not logged.
+MAX_LOGGED_FAILURES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long a handler's ``RetryLater`` is retried.
+
+    The delay before attempt n + 1 is ``min_delay * 2 ** (n - 1)``, or the
+    ``after`` the handler asked for, and at most ``max_delay`` seconds. With
+    the defaults one event can hold its plugin for at most 0.5 + 1 + 2 = 3.5
+    seconds of waiting.
+    """
+
+    attempts: int = 4
+    min_delay: float = 0.5
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int, requested: float | None) -> float:
+        """Return the seconds to wait after failed attempt ``attempt``."""
+        wanted = self.min_delay * 2 ** (attempt - 1) if requested is None else requested
+        return max(0.0, min(wanted, self.max_delay))
+
+
+class Dispatcher:
+    """Hands events to handlers and counts the outcome per plugin.
+
+    ``configs`` gives each plugin's configuration by name, handed over in
+    ``RunInfo.config``. Failed events go to ``dead_letters`` when set, and
+    are only counted and logged otherwise. ``sleep`` waits between retries.
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[Plugin],
+        resume: dict[str, Checkpoint] | None = None,
+        *,
+        configs: dict[str, dict[str, Any]] | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.plugins = [plugin for plugin in plugins if plugin.handler is not None]
+        self.resume = resume or {}
+        self.configs = configs or {}
+        self.dead_letters = dead_letters
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.counts = {
+            plugin.name: PluginCounts(
+                handled=self.resume.get(plugin.name, Checkpoint()).handled,
+                failed=self.resume.get(plugin.name, Checkpoint()).failed,
+            )
+            for plugin in self.plugins
+        }
+        self.position = 0
+        self._run = RunInfo(run_id="")
+        self._skip = {name: point.position for name, point in self.resume.items()}
+        self._points: dict[str, Checkpoint] = dict(self.resume)
+        self._active: list[tuple[str, Handler, frozenset[str] | None]] = []
+        self._broken: list[tuple[str, frozenset[str] | None]] = []
+
+    def setup(self, run: RunInfo) -> None:
+        """Call each handler's ``setup`` with its own configuration.
+
+        A handler whose setup raises receives no events, and each event it
+        would have received counts as failed for it.
+        """
+        self._run = run
+        for plugin in self.plugins:
+            handler = plugin.handler
+            assert handler is not None
+            event_types = getattr(handler, "event_types", None)
+            if event_types is not None:
+                event_types = frozenset(event_types)
+            resume = self.resume.get(plugin.name)
+            state = resume.state if resume is not None else None
+            config = self.configs.get(plugin.name, {})
+            try:
+                handler.setup(msgspec.structs.replace(run, resume=state, config=config))
+            except Exception as error:
+                logger.exception(
+                    "Plugin %r failed in setup for run %s; its events count as failed.",
+                    plugin.name,
+                    run.run_id,
+                )
+                reason = f"setup failed: {type(error).__name__}: {error}"
+                self.counts[plugin.name].error = reason
+                self._broken.append((plugin.name, event_types))
+                continue
+            self._active.append((plugin.name, handler, event_types))
+
+    def dispatch(self, event: Event) -> None:
+        """Hand ``event`` to every handler that wants its type."""
+        self.dispatch_batch([event])
+
+    def dispatch_batch(self, events: Sequence[Event]) -> None:
+        """Hand ``events``, in order, to every handler that wants their type.
+
+        Each handler receives the whole batch before the next one starts. A
+        handler resumed from a checkpoint skips the events up to it.
+        """
+        start = self.position
+        self.position += len(events)
+
+        for name, event_types in self._broken:
+            wanted = _wanted(events, event_types)
+            self.counts[name].failed += len(wanted)
+
+        for name, handler, event_types in self._active:
+            skip = self._skip.get(name, 0) - start
+            pending = _wanted(events[skip:] if skip > 0 else events, event_types)
+            if not pending:
+                continue
+            if uses_batches(handler):
+                self._deliver_batch(name, handler, pending)
+            else:
+                self._deliver(name, handler, pending)
+
+    def _deliver(self, name: str, handler: Handler, events: Sequence[Event]) -> None:
+        counts = self.counts[name]
+        handle = handler.handle
+        handled = 0
+        try:
+            for event in events:
+                try:
+                    handle(event)
+                except Exception as error:
+                    call = functools.partial(handle, event)
+                    if self._retried(name, call, [event], error):
+                        handled += 1
+                    continue
+                handled += 1
+        finally:
+            counts.handled += handled
+
+    def _deliver_batch(
+        self, name: str, handler: Handler, events: Sequence[Event]
+    ) -> None:
+        call = functools.partial(handler.handle_batch, events)
+        try:
+            call()
+        except Exception as error:
+            # The whole batch is retried, or fails, as one unit.
+            if not self._retried(name, call, events, error):
+                return
+        self.counts[name].handled += len(events)
+
+    def _retried(
+        self,
+        name: str,
+        call: Callable[[], None],
+        events: Sequence[Event],
+        error: Exception,
+    ) -> bool:
+        """Call ``call`` again while it raises ``RetryLater``, with backoff.
+
+        Returns whether a later attempt succeeded. When none does, or the
+        error is not ``RetryLater``, ``events`` fail with the last error.
+        """
+        attempt = 1
+        while isinstance(error, RetryLater) and attempt < self.retry.attempts:
+            delay = self.retry.delay(attempt, error.after)
+            logger.info(
+                "Plugin %r asked to retry event %s in %.1f s (attempt %d of %d): %s",
+                name,
+                events[0].id,
+                delay,
+                attempt,
+                self.retry.attempts,
+                error,
+            )
+            self._sleep(delay)
+            attempt += 1
+            try:
+                call()
+                return True
+            except Exception as next_error:
+                error = next_error
+
+        self._fail(name, events, error, attempt)
+        return False
+
+    def _fail(
+        self, name: str, events: Sequence[Event], error: Exception, attempts: int
+    ) -> None:
+        counts = self.counts[name]
+        counts.failed += len(events)
+        reason = f"{type(error).__name__}: {error}"
+        if counts.failed - len(events) < MAX_LOGGED_FAILURES:
+            logger.error(
+                "Plugin %r failed on event %s after %d attempt(s): %s",
+                name,
+                events[0].id,
+                attempts,
+                reason,
+                exc_info=error,
+            )
+            if counts.failed >= MAX_LOGGED_FAILURES:
+                logger.warning(
+                    "Further failures of plugin %r are counted but not logged.",
+                    name,
+                )
+
+        if self.dead_letters is None:
+            return
+        for event in events:
+            letter = DeadLetter(
+                plugin=name,
+                run_id=self._run.run_id,
+                export_id=self._run.export_id,
+                event=event,
+                error=reason,
+                attempts=attempts,
+            )
+            try:
+                self.dead_letters.add(letter)
+            except Exception:
+                logger.exception(
+                    "Could not store a dead letter for plugin %r, event %s.",
+                    name,
+                    event.id,
+                )
+
+    def checkpoint(self) -> dict[str, Checkpoint]:
+        """Ask each handler to make its effects durable; return the progress.
+
+        A handler whose ``checkpoint`` raises keeps its previous checkpoint,
+        so a resume hands it the events since then again.
+        """
+        for name, handler, _ in self._active:
+            try:
+                state = handler.checkpoint()
+            except Exception:
+                logger.exception("Plugin %r failed to checkpoint.", name)
+                continue
+
+            counts = self.counts[name]
+            self._points[name] = Checkpoint(
+                position=self.position,
+                handled=counts.handled,
+                failed=counts.failed,
+                state=state,
+            )
+        return dict(self._points)
+
+    def teardown(self) -> None:
+        """Call each active handler's ``teardown``, logging any failure."""
+        for name, handler, _ in self._active:
+            try:
+                handler.teardown()
+            except Exception as error:
+                logger.exception("Plugin %r failed in teardown.", name)
+                reason = f"teardown failed: {type(error).__name__}: {error}"
+                self.counts[name].error = reason
+        self._active.clear()
+
+
+def _wanted(
+    events: Sequence[Event], event_types: frozenset[str] | None
+) -> Sequence[Event]:
+    if event_types is None:
+        return events
+    return [event for event in events if event.event_type in event_types]
