@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/archive/pyproject.toml
+$(STAMP): pyproject.toml plugins/archive/pyproject.toml plugins/summary/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]' -e plugins/archive
+	$(BIN)/python -m pip install -e '.[dev]' -e plugins/archive -e plugins/summary
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -55,7 +55,10 @@ def test_run_sandbox_json(tmp_path: Path) -> None:
     assert summary["status"] == "succeeded"
     assert summary["events"] == 300
     assert summary["rejected"] == 0
-    assert summary["plugins"] == {"archive": {"handled": 300, "failed": 0}}
+    assert summary["plugins"] == {
+        "archive": {"handled": 300, "failed": 0},
+        "summary": {"handled": 300, "failed": 0},
+    }
     assert str(summary["run_id"]).startswith("run_")
     assert str(summary["export_id"]).startswith("exp_")
 
@@ -121,7 +124,10 @@ def test_replay_local_file(tmp_path: Path) -> None:
     assert summary["status"] == "succeeded"
     assert summary["export_id"] is None
     assert summary["events"] == 120
-    assert summary["plugins"] == {"archive": {"handled": 120, "failed": 0}}
+    assert summary["plugins"] == {
+        "archive": {"handled": 120, "failed": 0},
+        "summary": {"handled": 120, "failed": 0},
+    }
 
 
 def test_replay_unreadable_file_fails(tmp_path: Path) -> None:
@@ -214,7 +220,10 @@ def test_replay_damaged_zip_dispatches_nothing(tmp_path: Path) -> None:
     assert summary["status"] == "failed"
     assert "damaged" in str(summary["error"])
     assert summary["events"] == 0
-    assert summary["plugins"] == {"archive": {"handled": 0, "failed": 0}}
+    assert summary["plugins"] == {
+        "archive": {"handled": 0, "failed": 0},
+        "summary": {"handled": 0, "failed": 0},
+    }
     archived = list((tmp_path / ".processor" / "archive").glob("*.jsonl"))
     assert all(path.stat().st_size == 0 for path in archived)
 

@@ -57,6 +57,7 @@ def test_plugins_lists_broken_plugin(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout.splitlines()[-1])}
     assert rows["archive"]["status"] == "loaded"
+    assert rows["summary"]["status"] == "loaded"
     assert rows["archive"]["distribution"] == "processor-archive"
     assert rows["broken"]["status"] == "failed"
     assert rows["broken"]["distribution"] == "broken_plugin"
@@ -68,8 +69,9 @@ def test_plugins_deny_list_shown(tmp_path: Path) -> None:
         "plugins", "--json", cwd=tmp_path, PROCESSOR_DISABLED_PLUGINS="archive"
     )
 
-    [row] = json.loads(result.stdout.splitlines()[-1])
-    assert row["status"] == "disabled"
+    rows = {row["name"]: row for row in json.loads(result.stdout.splitlines()[-1])}
+    assert rows["archive"]["status"] == "disabled"
+    assert rows["summary"]["status"] == "loaded"
 
 
 def test_run_with_broken_plugin_succeeds(tmp_path: Path) -> None:
@@ -90,7 +92,10 @@ def test_run_with_broken_plugin_succeeds(tmp_path: Path) -> None:
     summary = last_json(result)
     assert result.returncode == 0, result.stderr
     assert summary["status"] == "succeeded"
-    assert summary["plugins"] == {"archive": {"handled": 300, "failed": 0}}
+    assert summary["plugins"] == {
+        "archive": {"handled": 300, "failed": 0},
+        "summary": {"handled": 300, "failed": 0},
+    }
 
 
 def test_dead_letters_listed_and_retried(tmp_path: Path) -> None:

@@ -121,7 +121,10 @@ def test_procfile_worker_runs_pipeline(
     assert summary["status"] == "succeeded"
     assert summary["events"] == 250
     assert summary["rejected"] == 0
-    assert summary["plugins"] == {"archive": {"handled": 250, "failed": 0}}
+    assert summary["plugins"] == {
+        "archive": {"handled": 250, "failed": 0},
+        "summary": {"handled": 250, "failed": 0},
+    }
     assert summary["export_id"].startswith("exp_")
 
     archived = (tmp_path / "archive").glob("events-*.jsonl")

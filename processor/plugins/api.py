@@ -14,6 +14,9 @@ import msgspec
 
 from processor.events import Event
 
+# The names a plugin uses; the guide for plugin authors documents each one.
+__all__ = ["API_VERSION", "Handler", "RetryLater", "RunInfo"]
+
 # The version of the handler API. A handler declares the version it was
 # built for in ``api_version``; another version fails to load.
 API_VERSION = 1

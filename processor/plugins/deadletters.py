@@ -159,3 +159,24 @@ class RedisDeadLetters:
         # The encoding is deterministic, so it matches the stored bytes.
         encoded = _encoder.encode(letter)
         self.client.lrem(KEY_PREFIX + letter.plugin, 1, encoded)  # type: ignore[arg-type]
+
+
+class MemoryDeadLetters:
+    """Dead-letter lists in memory, for tests and ``processor.testing``."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[DeadLetter]] = {}
+
+    def add(self, letter: DeadLetter) -> None:
+        self.lists.setdefault(letter.plugin, []).append(letter)
+
+    def plugins(self) -> list[str]:
+        return sorted(name for name, letters in self.lists.items() if letters)
+
+    def letters(self, plugin: str) -> list[DeadLetter]:
+        return list(self.lists.get(plugin, []))
+
+    def remove(self, letter: DeadLetter) -> None:
+        letters = self.lists.get(letter.plugin, [])
+        if letter in letters:
+            letters.remove(letter)
