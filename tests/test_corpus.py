@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,28 @@ FILES = CORPUS / "files"
 EXPECTED: dict[str, dict[str, Any]] = json.loads(
     (CORPUS / "expected.json").read_text(encoding="utf-8")
 )
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo the logging set-up that each in-process command applies.
+
+    The command sets the levels of noisy loggers such as httpx, which later
+    tests in the same process read from their log records.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(levels.get(name, logging.NOTSET))
 
 
 def replay(path: Path) -> tuple[int, dict[str, Any]]:

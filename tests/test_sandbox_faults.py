@@ -104,7 +104,7 @@ def call_until_valid(send: Callable[[], httpx.Response]) -> dict[str, Any]:
 def download_retrying(retrieve: Callable[[], dict[str, Any]]) -> bytes:
     """Poll until ready, then download, getting a new URL after a 403."""
     url = None
-    for _ in range(20):
+    for _ in range(40):
         if url is None:
             export = retrieve()
             if export["status"] not in ("ready", "completed"):
@@ -120,8 +120,19 @@ def download_retrying(retrieve: Callable[[], dict[str, Any]]) -> bytes:
             continue
 
         assert status == 200, status
+        if is_damaged_zip(content):
+            continue
         return content
-    raise AssertionError("the download did not succeed in 20 attempts")
+    raise AssertionError("the download did not succeed in 40 attempts")
+
+
+def is_damaged_zip(content: bytes) -> bool:
+    """Return whether ``content`` is a ZIP whose member fails its CRC-32."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return archive.testzip() is not None
+    except zipfile.BadZipFile:
+        return True
 
 
 def read_with_deadline(url: str, seconds: float) -> tuple[int, bytes]:
