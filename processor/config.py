@@ -53,6 +53,7 @@ class Settings:
     plugins_enabled: frozenset[str] | None = None
     plugins_disabled: frozenset[str] = frozenset()
     plugin_attempts: int = 4
+    plugin_stall_after: float = 60.0
     plugin_config_file: Path | None = None
 
     @classmethod
@@ -86,6 +87,7 @@ class Settings:
             plugins_enabled=_names(env, "PROCESSOR_PLUGINS"),
             plugins_disabled=_names(env, "PROCESSOR_DISABLED_PLUGINS") or frozenset(),
             plugin_attempts=_count(env, "PROCESSOR_PLUGIN_RETRIES", 4, minimum=1),
+            plugin_stall_after=_seconds(env, "PROCESSOR_PLUGIN_TIMEOUT", 60.0),
             plugin_config_file=_config_file(env),
         )
 

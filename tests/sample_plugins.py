@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 
 from processor.events import Event
@@ -57,6 +59,18 @@ class FlakyHandler(RecordingHandler):
         super().handle(event)
 
 
+class QuickFlaky(FlakyHandler):
+    """FlakyHandler without the wait between attempts."""
+
+    name = "quick-flaky"
+
+    def handle(self, event: Event) -> None:
+        try:
+            super().handle(event)
+        except RetryLater as error:
+            raise RetryLater(str(error), after=0) from None
+
+
 class AlwaysBusy(Handler):
     name = "busy"
 
@@ -91,3 +105,28 @@ class ConfigRecorder(RecordingHandler):
 
     def setup(self, run: RunInfo) -> None:
         self.config = dict(run.config)
+
+
+# Set by the tests to release HangingHandler's thread when they finish.
+RELEASE = threading.Event()
+
+
+class HangingHandler(RecordingHandler):
+    """Hangs on the event with id ``hang`` until RELEASE is set."""
+
+    name = "hanging"
+
+    def handle(self, event: Event) -> None:
+        if event.id == "hang":
+            RELEASE.wait(timeout=30)
+        super().handle(event)
+
+
+class SlowHandler(RecordingHandler):
+    """Takes 0.2 s per event, but always makes progress."""
+
+    name = "slow"
+
+    def handle(self, event: Event) -> None:
+        time.sleep(0.2)
+        super().handle(event)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -16,6 +19,7 @@ from processor.plugins import (
     load_plugins,
 )
 from processor.plugins.deadletters import FileDeadLetters
+from tests import sample_plugins
 from tests.sample_plugins import BatchRecorder, ConfigRecorder, RecordingHandler
 
 
@@ -261,3 +265,71 @@ def test_config_reaches_setup() -> None:
     handler = plugins["configured"].handler
     assert isinstance(handler, ConfigRecorder)
     assert handler.config == {"table": "events"}
+
+
+@pytest.fixture
+def release_hung_threads() -> Iterator[None]:
+    sample_plugins.RELEASE.clear()
+    yield
+    sample_plugins.RELEASE.set()
+
+
+def test_hanging_plugin_left_behind(tmp_path: Path, release_hung_threads: None) -> None:
+    store = FileDeadLetters(tmp_path)
+    plugins = loaded(
+        ("hanging", "tests.sample_plugins:HangingHandler"),
+        ("recording", "tests.sample_plugins:RecordingHandler"),
+    )
+    dispatcher = Dispatcher(plugins.values(), dead_letters=store, stall_after=0.5)
+    dispatcher.setup(RunInfo(run_id="run_1"))
+    started = time.monotonic()
+
+    dispatcher.dispatch_batch(
+        [make_event("evt_1"), make_event("hang"), make_event("evt_3")]
+    )
+    dispatcher.dispatch_batch([make_event("evt_4"), make_event("evt_5")])
+    points = dispatcher.checkpoint()
+    dispatcher.teardown()
+    elapsed = time.monotonic() - started
+
+    recording = plugins["recording"].handler
+    assert isinstance(recording, RecordingHandler)
+    assert recording.seen == ["evt_1", "hang", "evt_3", "evt_4", "evt_5"]
+    counts = dispatcher.counts["hanging"]
+    assert counts.handled == 1
+    assert counts.failed == 4
+    assert "stalled: a batch of 3 events made no progress for 0.5 s" in str(
+        counts.error
+    )
+    letters = store.letters("hanging")
+    assert [letter.event.id for letter in letters] == ["hang", "evt_3"]
+    assert "hanging" not in points
+    assert elapsed < 5
+
+
+def test_slow_plugin_not_stalled() -> None:
+    plugins = loaded(("slow", "tests.sample_plugins:SlowHandler"))
+    dispatcher = Dispatcher(plugins.values(), stall_after=0.5)
+    dispatcher.setup(RunInfo(run_id="run_1"))
+
+    dispatcher.dispatch_batch([make_event(f"evt_{n}") for n in range(5)])
+    dispatcher.teardown()
+
+    assert dispatcher.counts["slow"].handled == 5
+    assert dispatcher.counts["slow"].error is None
+
+
+def test_handler_calls_on_one_thread() -> None:
+    plugins = loaded(("recording", "tests.sample_plugins:RecordingHandler"))
+    handler = plugins["recording"].handler
+    assert handler is not None
+    names: list[str] = []
+    handler.setup = lambda run: names.append(threading.current_thread().name)  # type: ignore[method-assign]
+    handler.handle = lambda event: names.append(threading.current_thread().name)  # type: ignore[method-assign]
+    dispatcher = Dispatcher(plugins.values())
+
+    dispatcher.setup(RunInfo(run_id="run_1"))
+    dispatcher.dispatch(make_event("evt_1"))
+    dispatcher.teardown()
+
+    assert names == ["plugin-recording", "plugin-recording"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from processor.errors import ProcessorError
 from processor.events import Event
 from processor.plugins.api import (
     Checkpoint,
@@ -28,6 +29,7 @@ from processor.plugins.api import (
 )
 from processor.plugins.deadletters import DeadLetter, DeadLetterStore
 from processor.plugins.loader import Plugin
+from processor.plugins.threads import PluginStalled, PluginThread
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Dispatcher:
     ``configs`` gives each plugin's configuration by name, handed over in
     ``RunInfo.config``. Failed events go to ``dead_letters`` when set, and
     are only counted and logged otherwise. ``sleep`` waits between retries.
+    Each plugin runs on its own ``PluginThread``, and one that finishes no
+    event for ``stall_after`` seconds is left behind (see ``_stalled``).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Dispatcher:
         dead_letters: DeadLetterStore | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        stall_after: float = 60.0,
     ) -> None:
         self.plugins = [plugin for plugin in plugins if plugin.handler is not None]
         self.resume = resume or {}
@@ -79,6 +84,8 @@ class Dispatcher:
         self.dead_letters = dead_letters
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self.stall_after = stall_after
+        self._threads: dict[str, PluginThread] = {}
         self.counts = {
             plugin.name: PluginCounts(
                 handled=self.resume.get(plugin.name, Checkpoint()).handled,
@@ -109,13 +116,21 @@ class Dispatcher:
             resume = self.resume.get(plugin.name)
             state = resume.state if resume is not None else None
             config = self.configs.get(plugin.name, {})
+            thread = PluginThread(plugin.name, self.stall_after)
+            self._threads[plugin.name] = thread
+            plugin_run = msgspec.structs.replace(run, resume=state, config=config)
             try:
-                handler.setup(msgspec.structs.replace(run, resume=state, config=config))
+                thread.call(handler.setup, plugin_run, what="setup")
             except Exception as error:
-                logger.exception(
-                    "Plugin %r failed in setup for run %s; its events count as failed.",
+                # A ProcessorError (a missing setting, say) explains itself, so
+                # only an unexpected error gets a traceback.
+                logger.error(
+                    "Plugin %r failed in setup for run %s; its events count as "
+                    "failed: %s",
                     plugin.name,
                     run.run_id,
+                    error,
+                    exc_info=not isinstance(error, ProcessorError),
                 )
                 reason = f"setup failed: {type(error).__name__}: {error}"
                 self.counts[plugin.name].error = reason
@@ -140,44 +155,95 @@ class Dispatcher:
             wanted = _wanted(events, event_types)
             self.counts[name].failed += len(wanted)
 
+        # Every plugin starts on the batch, on its own thread, before the
+        # dispatcher waits for the first, so that slow plugins overlap.
+        started = []
         for name, handler, event_types in self._active:
             skip = self._skip.get(name, 0) - start
             pending = _wanted(events[skip:] if skip > 0 else events, event_types)
+            thread = self._threads[name]
             if not pending:
                 continue
-            if uses_batches(handler):
-                self._deliver_batch(name, handler, pending)
-            else:
-                self._deliver(name, handler, pending)
+            if thread.stalled is not None:
+                self.counts[name].failed += len(pending)
+                continue
+            deliver = self._deliver_batch if uses_batches(handler) else self._deliver
+            before = thread.progress
+            future = thread.start(deliver, name, handler, pending, thread)
+            started.append((name, pending, before, future))
 
-    def _deliver(self, name: str, handler: Handler, events: Sequence[Event]) -> None:
+        for name, pending, before, future in started:
+            thread = self._threads[name]
+            try:
+                thread.wait(future, f"a batch of {len(pending)} events")
+            except PluginStalled as stall:
+                self._stalled(name, pending[thread.progress - before :], stall)
+
+    def _deliver(
+        self,
+        name: str,
+        handler: Handler,
+        events: Sequence[Event],
+        thread: PluginThread,
+    ) -> None:
+        """Hand ``events`` to ``handle`` one by one, on the plugin's thread."""
         counts = self.counts[name]
         handle = handler.handle
-        handled = 0
-        try:
-            for event in events:
-                try:
-                    handle(event)
-                except Exception as error:
-                    call = functools.partial(handle, event)
-                    if self._retried(name, call, [event], error):
-                        handled += 1
-                    continue
-                handled += 1
-        finally:
-            counts.handled += handled
+        for event in events:
+            try:
+                handle(event)
+                handled = True
+            except Exception as error:
+                if thread.stalled is not None:
+                    return
+                call = functools.partial(handle, event)
+                handled = self._retried(name, call, [event], error)
+
+            if thread.stalled is not None:
+                # Left behind: the dispatcher has failed this event and the
+                # rest of the batch.
+                return
+            if handled:
+                counts.handled += 1
+            thread.tick()
 
     def _deliver_batch(
-        self, name: str, handler: Handler, events: Sequence[Event]
+        self,
+        name: str,
+        handler: Handler,
+        events: Sequence[Event],
+        thread: PluginThread,
     ) -> None:
+        """Hand ``events`` to ``handle_batch`` at once, on the plugin's thread."""
         call = functools.partial(handler.handle_batch, events)
         try:
             call()
         except Exception as error:
             # The whole batch is retried, or fails, as one unit.
-            if not self._retried(name, call, events, error):
-                return
-        self.counts[name].handled += len(events)
+            handled = self._retried(name, call, events, error)
+        else:
+            handled = True
+        if thread.stalled is None and handled:
+            self.counts[name].handled += len(events)
+        thread.progress += len(events)
+
+    def _stalled(
+        self, name: str, events: Sequence[Event], stall: PluginStalled
+    ) -> None:
+        """Give up on a stalled plugin for the rest of the run.
+
+        The events it had not finished go to its dead-letter list, and the
+        events after them count as failed without a dead letter each, since
+        a stall early in a large export would fill the list with millions.
+        """
+        counts = self.counts[name]
+        counts.error = (
+            f"{stall}; its later events in this run count as failed. Replay the "
+            f"export with PROCESSOR_PLUGINS={name} to hand them over again."
+        )
+        logger.error("Plugin %r %s", name, counts.error)
+        if events:
+            self._fail(name, events, stall, attempts=1)
 
     def _retried(
         self,
@@ -262,8 +328,14 @@ class Dispatcher:
         so a resume hands it the events since then again.
         """
         for name, handler, _ in self._active:
+            thread = self._threads[name]
+            if thread.stalled is not None:
+                continue
             try:
-                state = handler.checkpoint()
+                state = thread.call(handler.checkpoint, what="checkpoint")
+            except PluginStalled as stall:
+                self._stalled(name, [], stall)
+                continue
             except Exception:
                 logger.exception("Plugin %r failed to checkpoint.", name)
                 continue
@@ -278,15 +350,28 @@ class Dispatcher:
         return dict(self._points)
 
     def teardown(self) -> None:
-        """Call each active handler's ``teardown``, logging any failure."""
+        """Call each active handler's ``teardown``, logging any failure.
+
+        A stalled plugin's thread is still busy, so its teardown is skipped.
+        """
         for name, handler, _ in self._active:
+            thread = self._threads[name]
+            if thread.stalled is not None:
+                logger.warning("Plugin %r stalled, so its teardown is skipped.", name)
+                continue
             try:
-                handler.teardown()
+                thread.call(handler.teardown, what="teardown")
+            except PluginStalled as stall:
+                self._stalled(name, [], stall)
             except Exception as error:
                 logger.exception("Plugin %r failed in teardown.", name)
                 reason = f"teardown failed: {type(error).__name__}: {error}"
                 self.counts[name].error = reason
         self._active.clear()
+
+        for thread in self._threads.values():
+            thread.close()
+        self._threads.clear()
 
 
 def _wanted(

@@ -104,4 +104,5 @@ def build_dispatcher(
         configs=plugin_configs(settings, (plugin.name for plugin in loaded)),
         dead_letters=dead_letter_store(settings),
         retry=RetryPolicy(attempts=settings.plugin_attempts),
+        stall_after=settings.plugin_stall_after,
     )

@@ -1,0 +1,112 @@
+"""A thread per plugin, so that a plugin that hangs cannot hold up the run.
+
+Every call into a plugin (``setup``, each batch, ``checkpoint``,
+``teardown``) runs on that plugin's own thread, always the same one, so a
+handler may keep thread-bound resources such as a sqlite3 connection. The
+dispatcher starts a batch on every plugin's thread, then waits for each. A
+plugin that finishes no event for ``stall_after`` seconds is stalled: its
+thread is abandoned (Python cannot stop a thread) and the run goes on
+without it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Seconds between checks of a running call's progress.
+POLL_SECONDS = 1.0
+
+
+class PluginStalled(Exception):
+    """A plugin finished no event within the stall limit."""
+
+
+class PluginThread:
+    """Runs the calls into one plugin on a thread of its own.
+
+    The running call reports each finished event with ``tick``; ``wait``
+    raises ``PluginStalled`` when ``stall_after`` seconds pass without one.
+    """
+
+    def __init__(self, name: str, stall_after: float) -> None:
+        self.name = name
+        self.stall_after = stall_after
+        self.progress = 0
+        self.stalled: str | None = None
+        # A daemon thread, unlike a ThreadPoolExecutor's, lets the process
+        # exit while a stalled plugin still hangs in it.
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._work, name=f"plugin-{name}", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, function, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function(*args)
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def tick(self) -> None:
+        """Record that the running call finished one more event."""
+        self.progress += 1
+
+    def start(
+        self, function: Callable[..., T], *args: Any
+    ) -> concurrent.futures.Future[T]:
+        """Start ``function(*args)`` on the plugin's thread."""
+        if self.stalled is not None:
+            raise PluginStalled(self.stalled)
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((future, function, args))
+        return future
+
+    def wait(self, future: concurrent.futures.Future[T], what: str) -> T:
+        """Return the result of ``future``, raising what the call raised.
+
+        Raises ``PluginStalled`` when no event finishes for ``stall_after``
+        seconds; ``what`` names the call in the message.
+        """
+        seen = self.progress
+        deadline = time.monotonic() + self.stall_after
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, min(POLL_SECONDS, remaining)))
+            except concurrent.futures.TimeoutError:
+                pass
+
+            if self.progress != seen:
+                seen = self.progress
+                deadline = time.monotonic() + self.stall_after
+            elif time.monotonic() >= deadline:
+                self.stalled = (
+                    f"stalled: {what} made no progress for {self.stall_after:g} s"
+                )
+                raise PluginStalled(self.stalled)
+
+    def call(self, function: Callable[..., T], *args: Any, what: str) -> T:
+        """Run ``function(*args)`` on the plugin's thread and wait for it."""
+        return self.wait(self.start(function, *args), what)
+
+    def close(self) -> None:
+        """Let the thread end; a stalled one is left to finish on its own."""
+        self._jobs.put(None)
+        if self.stalled is None:
+            self._thread.join()
