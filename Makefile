@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml plugins/archive/pyproject.toml plugins/summary/pyproject.toml
+$(STAMP): pyproject.toml plugins/archive/pyproject.toml plugins/summary/pyproject.toml \
+		plugins/deliverability/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]' -e plugins/archive -e plugins/summary
+	$(BIN)/python -m pip install -e '.[dev]' -e plugins/archive -e plugins/summary \
+		-e plugins/deliverability
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,13 +91,15 @@ def run_handler(
     name: str = "plugin-under-test",
     resume: Any = None,
     retry: RetryPolicy | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> HandlerResult:
     """Feed ``events`` to ``handler`` as a run would, and return the outcome.
 
     ``config`` becomes ``RunInfo.config``. ``resume``, when not ``None``, is
     handed over as ``RunInfo.resume``, as when a run resumes after a crash
-    at a checkpoint whose ``checkpoint`` returned it. Retries do not sleep,
-    so a test of ``RetryLater`` runs at once.
+    at a checkpoint whose ``checkpoint`` returned it. Retries do not sleep
+    unless ``sleep`` is given (such as ``time.sleep``, for a handler whose
+    ``RetryLater`` waits for real time to pass), so most tests run at once.
     """
     store = MemoryDeadLetters()
     dispatcher = Dispatcher(
@@ -106,7 +108,7 @@ def run_handler(
         configs={name: config or {}},
         dead_letters=store,
         retry=retry,
-        sleep=lambda seconds: None,
+        sleep=sleep or (lambda seconds: None),
     )
 
     dispatcher.setup(RunInfo(run_id="run_test", export_id="exp_test"))

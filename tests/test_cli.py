@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from processor.sandbox import write_events_export
 from tests.conftest import free_port
@@ -39,6 +40,19 @@ def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return parsed
 
 
+def tagged(summary: dict[str, Any]) -> int:
+    """Return the events the deliverability plugin acts on in a run."""
+    types = summary["event_types"]
+    return int(types.get("bounced", 0) + types.get("complained", 0))
+
+
+NO_API_KEY = (
+    "setup failed: ConfigurationError: BUTTONDOWN_API_KEY is not set; copy the "
+    "key from Buttondown's settings page (Settings > API) into "
+    "BUTTONDOWN_API_KEY, or run with --sandbox to use the local sandbox API."
+)
+
+
 def test_run_sandbox_json(tmp_path: Path) -> None:
     result = processor(
         "run",
@@ -57,6 +71,7 @@ def test_run_sandbox_json(tmp_path: Path) -> None:
     assert summary["rejected"] == 0
     assert summary["plugins"] == {
         "archive": {"handled": 300, "failed": 0},
+        "deliverability": {"handled": tagged(summary), "failed": 0},
         "summary": {"handled": 300, "failed": 0},
     }
     assert str(summary["run_id"]).startswith("run_")
@@ -126,6 +141,11 @@ def test_replay_local_file(tmp_path: Path) -> None:
     assert summary["events"] == 120
     assert summary["plugins"] == {
         "archive": {"handled": 120, "failed": 0},
+        "deliverability": {
+            "handled": 0,
+            "failed": tagged(summary),
+            "error": NO_API_KEY,
+        },
         "summary": {"handled": 120, "failed": 0},
     }
 
@@ -222,6 +242,7 @@ def test_replay_damaged_zip_dispatches_nothing(tmp_path: Path) -> None:
     assert summary["events"] == 0
     assert summary["plugins"] == {
         "archive": {"handled": 0, "failed": 0},
+        "deliverability": {"handled": 0, "failed": 0, "error": NO_API_KEY},
         "summary": {"handled": 0, "failed": 0},
     }
     archived = list((tmp_path / ".processor" / "archive").glob("*.jsonl"))

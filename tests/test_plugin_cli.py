@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from processor.events import Event
 from processor.plugins import DeadLetter
 from processor.plugins.deadletters import FileDeadLetters, RedisDeadLetters
 from processor.plugins.wiring import plugin_configs
-from tests.test_cli import last_json, processor
+from tests.test_cli import last_json, processor, tagged
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def write_distribution(site: Path, name: str, entry_points: dict[str, str]) -> None:
@@ -74,9 +77,18 @@ def test_plugins_deny_list_shown(tmp_path: Path) -> None:
     assert rows["summary"]["status"] == "loaded"
 
 
-def test_run_with_broken_plugin_succeeds(tmp_path: Path) -> None:
+def test_run_with_bad_plugins_succeeds(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    write_distribution(site, "broken_plugin", {"broken": "no_such_module:Handler"})
+    write_distribution(
+        site,
+        "bad_plugins",
+        {
+            "broken": "no_such_module:Handler",
+            "raising": "tests.sample_plugins:RaisingHandler",
+            "flaky": "tests.sample_plugins:QuickFlaky",
+        },
+    )
+    path = f"{site}{os.pathsep}{REPOSITORY}"
 
     result = processor(
         "run",
@@ -85,8 +97,11 @@ def test_run_with_broken_plugin_succeeds(tmp_path: Path) -> None:
         "300",
         "--json",
         cwd=tmp_path,
-        PYTHONPATH=str(site),
+        PYTHONPATH=path,
         PROCESSOR_POLL_MIN_DELAY="0.1",
+    )
+    letters = processor(
+        "dead-letters", "--plugin", "raising", "--json", cwd=tmp_path, PYTHONPATH=path
     )
 
     summary = last_json(result)
@@ -94,8 +109,14 @@ def test_run_with_broken_plugin_succeeds(tmp_path: Path) -> None:
     assert summary["status"] == "succeeded"
     assert summary["plugins"] == {
         "archive": {"handled": 300, "failed": 0},
+        "deliverability": {"handled": tagged(summary), "failed": 0},
+        "flaky": {"handled": 300, "failed": 0},
+        "raising": {"handled": 0, "failed": 300},
         "summary": {"handled": 300, "failed": 0},
     }
+    dead = json.loads(letters.stdout.splitlines()[-1])
+    assert len(dead) == 300
+    assert dead[0]["error"].startswith("RuntimeError: cannot handle ext_evt_")
 
 
 def test_dead_letters_listed_and_retried(tmp_path: Path) -> None:

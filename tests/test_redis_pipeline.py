@@ -22,6 +22,7 @@ from processor.app import App
 from processor.config import Settings
 from processor.sandbox import SandboxServer
 from tests.conftest import free_port, wait_for_redis
+from tests.test_cli import tagged
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -123,6 +124,7 @@ def test_procfile_worker_runs_pipeline(
     assert summary["rejected"] == 0
     assert summary["plugins"] == {
         "archive": {"handled": 250, "failed": 0},
+        "deliverability": {"handled": tagged(summary), "failed": 0},
         "summary": {"handled": 250, "failed": 0},
     }
     assert summary["export_id"].startswith("exp_")

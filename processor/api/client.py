@@ -21,7 +21,13 @@ import httpx
 import msgspec
 
 from processor import __version__
-from processor.api.models import ErrorBody, Export, ExportPage, ExportRequest
+from processor.api.models import (
+    ErrorBody,
+    Export,
+    ExportPage,
+    ExportRequest,
+    Subscriber,
+)
 from processor.api.ratelimit import RateLimitTracker, parse_retry_after
 from processor.config import Settings
 from processor.errors import (
@@ -51,7 +57,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class ExportsClient:
-    """Create, retrieve and list exports.
+    """Create, retrieve and list exports, and read and tag subscribers.
 
     Use it as a context manager, or call ``close()``, so that its connection
     pool is released.
@@ -166,6 +172,16 @@ class ExportsClient:
 
         raise ApiError(f"GET /exports returned more than {MAX_PAGES} pages; stopping.")
 
+    def get_subscriber(self, id_or_email: str) -> Subscriber:
+        """Retrieve one subscriber by id or email address."""
+        return self._request("GET", _subscriber_path(id_or_email), Subscriber)
+
+    def set_subscriber_tags(self, id_or_email: str, tags: list[str]) -> Subscriber:
+        """Replace a subscriber's tags with ``tags`` and return the subscriber."""
+        content = msgspec.json.encode({"tags": tags})
+        path = _subscriber_path(id_or_email)
+        return self._request("PATCH", path, Subscriber, content=content)
+
     def _request(self, method: str, target: str, model: type[T], **kwargs: Any) -> T:
         url = target if "://" in target else f"{self.api_url}{target}"
         path = _redact(url)
@@ -215,6 +231,11 @@ class ExportsClient:
         if isinstance(failure, RateLimited) and failure.retry_after is not None:
             self.rate_limits.block_for(failure.retry_after)
         raise failure
+
+
+def _subscriber_path(id_or_email: str) -> str:
+    # Quoted like an export id, so that an odd address cannot change the path.
+    return f"/subscribers/{quote(id_or_email, safe='@')}"
 
 
 def _read_capped(response: httpx.Response, method: str, path: str) -> bytes:

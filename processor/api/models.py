@@ -81,3 +81,12 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
     code: str | None = None
     detail: str | list[ValidationItem] | None = None
+
+
+class Subscriber(msgspec.Struct, kw_only=True):
+    """The fields of a subscriber that plugins read; others are ignored."""
+
+    id: str
+    email_address: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    type: str | None = None

@@ -118,12 +118,32 @@ def _sandbox_settings(
         logger.info("Sandbox API serving %d events at %s.", events, server.api_url)
         if faults:
             logger.info("Sandbox faults: %s.", ", ".join(faults))
-        yield settings.replace(
-            api_url=server.api_url,
-            api_key=settings.api_key or "sandbox",
-            redis_url=None,
-            **_sandbox_delays(),
-        )
+        api_key = settings.api_key or "sandbox"
+        # Plugins that call the API, such as deliverability, read these
+        # variables, so for this process they name the sandbox too.
+        with _environment(
+            BUTTONDOWN_API_URL=server.api_url, BUTTONDOWN_API_KEY=api_key
+        ):
+            yield settings.replace(
+                api_url=server.api_url,
+                api_key=api_key,
+                redis_url=None,
+                **_sandbox_delays(),
+            )
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # The sandbox is local and responds at once, so waits and timeouts sized for

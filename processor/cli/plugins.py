@@ -46,7 +46,7 @@ def plugins_command(as_json: bool) -> None:
     for row in rows:
         types = ", ".join(row["event_types"]) if row["event_types"] else "all"
         origin = f"{row['distribution'] or '?'} {row['version'] or ''}".strip()
-        line = f"{row['name']:<16} {row['status']:<9} {origin:<28} events: {types}"
+        line = f"{row['name']:<16} {row['status']:<9} {origin:<32} events: {types}"
         if row["error"]:
             line += f"\n{'':<16} error: {row['error']}"
         click.echo(line)

@@ -10,15 +10,17 @@ import hmac
 import re
 import threading
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from processor.sandbox.store import Export, ExportStore
+from processor.sandbox.subscribers import SubscriberStore, handle_subscriber
 from processor.sandbox.validation import ApiResponse, validate_export_request
 
 # Requests a minute per account, as Buttondown documents.
 RATE_LIMIT = 600
 
 _EXPORT_PATH = re.compile(r"/v1/exports/(?P<id>[^/]+)/?")
+_SUBSCRIBER_PATH = re.compile(r"/v1/subscribers/(?P<key>[^/]+)/?")
 
 
 class RateLimitWindow:
@@ -66,6 +68,7 @@ class ExportApi:
         self.page_size = page_size
         self.api_url = api_url
         self.rate_limit = RateLimitWindow(RATE_LIMIT)
+        self.subscribers = SubscriberStore()
 
     def handle(
         self, method: str, path: str, query: str, authorization: str | None, body: bytes
@@ -84,6 +87,11 @@ class ExportApi:
             if method == "POST":
                 return self._create(body)
             return _method_not_allowed(method, "GET, POST")
+
+        subscriber = _SUBSCRIBER_PATH.fullmatch(path)
+        if subscriber is not None:
+            key = unquote(subscriber["key"])
+            return handle_subscriber(self.subscribers, method, key, body)
 
         match = _EXPORT_PATH.fullmatch(path)
         if match is None:
