@@ -61,10 +61,27 @@ def test_plugins_lists_broken_plugin(tmp_path: Path) -> None:
     rows = {row["name"]: row for row in json.loads(result.stdout.splitlines()[-1])}
     assert rows["archive"]["status"] == "loaded"
     assert rows["summary"]["status"] == "loaded"
+    assert rows["deliverability"]["status"] == "loaded"
+    assert rows["deliverability"]["event_types"] == ["bounced", "complained"]
     assert rows["archive"]["distribution"] == "processor-archive"
     assert rows["broken"]["status"] == "failed"
     assert rows["broken"]["distribution"] == "broken_plugin"
     assert "ModuleNotFoundError" in rows["broken"]["error"]
+
+
+def test_distribution_twice_on_path_loads_once(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for site in (first, second):
+        entry = {"twice": "tests.sample_plugins:RecordingHandler"}
+        write_distribution(site, "twice", entry)
+    path = os.pathsep.join([str(first), str(second), str(REPOSITORY)])
+
+    result = processor("plugins", "--json", cwd=tmp_path, PYTHONPATH=path)
+
+    rows = json.loads(result.stdout.splitlines()[-1])
+    twice = [row for row in rows if row["name"] == "twice"]
+    assert len(twice) == 1
+    assert twice[0]["status"] == "loaded"
 
 
 def test_plugins_deny_list_shown(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ class _Patch(msgspec.Struct):
 def handle_subscriber(
     store: SubscriberStore, method: str, key: str, body: bytes
 ) -> ApiResponse:
-    """Answer GET or PATCH of one subscriber."""
+    """Return the response to a GET or PATCH of one subscriber."""
     if method == "GET":
         subscriber = store.find(key)
     elif method == "PATCH":
