@@ -28,7 +28,9 @@ class RetryLater(Exception):
     The dispatcher hands the same event (or batch) over again after a
     backoff, up to ``PROCESSOR_PLUGIN_RETRIES`` attempts in all, and then
     puts it on the plugin's dead-letter list. ``after`` requests a delay in
-    seconds before the next attempt, capped at the backoff's maximum.
+    seconds before the next attempt. An ``after`` longer than the backoff's
+    maximum (10 s) would hold up the run, so such an event goes to the
+    dead-letter list at once, for ``processor dead-letters retry``.
     """
 
     def __init__(self, message: str = "", *, after: float | None = None) -> None:

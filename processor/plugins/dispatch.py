@@ -259,6 +259,10 @@ class Dispatcher:
         """
         attempt = 1
         while isinstance(error, RetryLater) and attempt < self.retry.attempts:
+            if error.after is not None and error.after > self.retry.max_delay:
+                # Waiting that long would hold up the run and the other
+                # plugins, so the event goes to the dead-letter list now.
+                break
             delay = self.retry.delay(attempt, error.after)
             logger.info(
                 "Plugin %r asked to retry event %s in %.1f s (attempt %d of %d): %s",
@@ -287,13 +291,17 @@ class Dispatcher:
         counts.failed += len(events)
         reason = f"{type(error).__name__}: {error}"
         if counts.failed - len(events) < MAX_LOGGED_FAILURES:
-            logger.error(
+            # A transient failure the plugin announced is expected, so it is
+            # a warning; anything else may be a bug and goes to Sentry.
+            transient = isinstance(error, RetryLater)
+            logger.log(
+                logging.WARNING if transient else logging.ERROR,
                 "Plugin %r failed on event %s after %d attempt(s): %s",
                 name,
                 events[0].id,
                 attempts,
                 reason,
-                exc_info=error,
+                exc_info=None if transient else error,
             )
             if counts.failed >= MAX_LOGGED_FAILURES:
                 logger.warning(

@@ -9,14 +9,21 @@ plugin's configuration (``PROCESSOR_PLUGIN_DELIVERABILITY_BOUNCED_TAG``).
 It uses the processor's API settings (``BUTTONDOWN_API_KEY`` and
 ``BUTTONDOWN_API_URL``; ``processor run --sandbox`` points them at the
 sandbox). Adding a tag twice changes nothing, so an event handed over again
-after a crash is harmless. Rate limits and transient API errors raise
-``RetryLater``; a subscriber the API does not know goes to the dead-letter
-list.
+after a crash is harmless, and each subscriber is tagged once per run.
+
+Buttondown allows 600 requests a minute, and each tag takes two (a GET for
+the current tags, a PATCH with the new list). A spent rate-limit window or a
+transient API error raises ``RetryLater`` with the wait. The dispatcher
+retries a short wait, and puts an event whose wait is longer than its
+backoff's maximum on the dead-letter list at once, for ``processor
+dead-letters retry deliverability`` once the window resets. A subscriber the
+API does not know goes there too.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from processor.api import ExportsClient
 from processor.api.ratelimit import RateLimitTracker
@@ -38,6 +45,7 @@ class DeliverabilityHandler(Handler):
         self.client: ExportsClient | None = None
         self.tags = {"bounced": "bounced", "complained": "complained"}
         self.tagged = 0
+        self.done: set[tuple[str, str]] = set()
 
     def setup(self, run: RunInfo) -> None:
         settings = Settings.from_env()
@@ -49,6 +57,7 @@ class DeliverabilityHandler(Handler):
             "complained": str(run.config.get("complained_tag", "complained")),
         }
         self.tagged = 0
+        self.done = {(key, tag) for key, tag in run.resume or []}
 
     def handle(self, event: Event) -> None:
         assert self.client is not None, "setup() must run before handle()"
@@ -56,20 +65,32 @@ class DeliverabilityHandler(Handler):
         if not subscriber:
             raise ValueError(f"event {event.id} names no subscriber to tag")
         tag = self.tags[event.event_type]
+        if (subscriber, tag) in self.done:
+            return
 
-        wait = self.client.rate_limits.wait_time()
-        if wait > 0:
-            raise RetryLater("the API's rate-limit window is spent", after=wait)
+        self._wait_for_window(self.client.rate_limits.wait_time())
         try:
             current = self.client.get_subscriber(subscriber)
-            if tag in current.tags:
-                return
-            self.client.set_subscriber_tags(subscriber, [*current.tags, tag])
+            if tag not in current.tags:
+                self.client.set_subscriber_tags(subscriber, [*current.tags, tag])
+                self.tagged += 1
         except RateLimited as error:
             raise RetryLater(str(error), after=error.retry_after) from error
         except TransientApiError as error:
             raise RetryLater(str(error)) from error
-        self.tagged += 1
+        self.done.add((subscriber, tag))
+
+    def _wait_for_window(self, wait: float) -> None:
+        if wait > 0:
+            raise RetryLater(
+                f"Buttondown's rate limit is spent for the next {wait:.0f} s. If "
+                "this event reaches the dead-letter list, run `processor "
+                "dead-letters retry deliverability` after the window resets.",
+                after=wait,
+            )
+
+    def checkpoint(self) -> Any:
+        return [list(pair) for pair in sorted(self.done)]
 
     def teardown(self) -> None:
         if self.client is not None:

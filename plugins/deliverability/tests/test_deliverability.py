@@ -7,6 +7,7 @@ import httpx
 import pytest
 from processor_deliverability import DeliverabilityHandler
 
+from processor.api.ratelimit import RateLimitTracker
 from processor.sandbox import SandboxServer
 from processor.testing import make_event, run_handler
 
@@ -100,3 +101,36 @@ def test_missing_api_key_fails_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert result.failed == 1
     assert "BUTTONDOWN_API_KEY is not set" in str(result.error)
+
+
+def test_long_rate_limit_deferred(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = DeliverabilityHandler()
+    events = [make_event(event_type="bounced", subscriber_email="f@example.com")]
+    monkeypatch.setattr(RateLimitTracker, "wait_time", lambda self: 42.0)
+
+    result = run_handler(handler, events)
+
+    assert result.failed == 1
+    [letter] = result.dead_letters
+    assert letter.attempts == 1
+    assert letter.error.startswith("RetryLater: Buttondown's rate limit is spent")
+    assert "for the next 42 s" in letter.error
+    assert "processor dead-letters retry deliverability" in letter.error
+    assert tags_of(sandbox, "f@example.com") == []
+
+
+def test_subscriber_tagged_once_per_run(sandbox: SandboxServer) -> None:
+    events = [
+        make_event(event_type="bounced", subscriber_email="g@example.com")
+        for _ in range(5)
+    ]
+
+    result = run_handler(DeliverabilityHandler(), events)
+
+    assert result.handled == 5
+    assert result.checkpoint is not None
+    assert result.checkpoint.state == [["g@example.com", "bounced"]]
+    # A GET and a PATCH for the first event; the others are skipped.
+    assert sandbox.requests == 2
