@@ -35,7 +35,10 @@ EVENT_COLUMNS = (
 MetadataValue = str | int | float | bool | None
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False leaves events out of the cyclic garbage collector, which a run's
+# millions of them would otherwise keep busy. An event refers to no object
+# that could refer back to it, so it can be in no reference cycle.
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One email event: a delivery, open, click, bounce and so on.
 
     Fields:

@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 # Seconds between progress callbacks (and checkpoints) while parsing.
 PROGRESS_INTERVAL = 0.5
 
-# Events handed to the dispatcher at a time. Batches cut the cost per event
-# of the dispatch loop, and progress is checked between them.
-BATCH_SIZE = 256
+# Events handed to the dispatcher at a time. Each batch costs a hand-over to
+# every plugin's thread (about 1 ms measured on a 2-core VM), and progress is
+# checked between batches.
+BATCH_SIZE = 2048
 
 _event_type = operator.attrgetter("event_type")
 
@@ -74,6 +75,7 @@ def process_file(
     next_report = time.monotonic() + PROGRESS_INTERVAL
 
     def summarize() -> Summary:
+        dispatcher.flush()
         summary = _summary(stats, event_types, dispatcher)
         if rejects.count and rejects_path is not None:
             summary.rejects_file = str(rejects_path)

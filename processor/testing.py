@@ -27,13 +27,11 @@ from processor.plugins.api import Checkpoint, Handler, RunInfo
 from processor.plugins.deadletters import DeadLetter, MemoryDeadLetters
 from processor.plugins.dispatch import Dispatcher, RetryPolicy
 from processor.plugins.loader import Plugin
+from processor.processing import BATCH_SIZE
 
 __all__ = ["HandlerResult", "make_event", "run_handler"]
 
 _numbers = itertools.count(1)
-
-# Events handed over per batch, as in a run.
-BATCH_SIZE = 256
 
 
 def make_event(

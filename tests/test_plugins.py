@@ -188,6 +188,7 @@ def test_retry_later_then_success(tmp_path: Path) -> None:
     )
 
     dispatcher.dispatch_batch([make_event("evt_1"), make_event("evt_2")])
+    dispatcher.flush()
 
     handler = plugins["flaky"].handler
     assert isinstance(handler, RecordingHandler)
@@ -226,6 +227,7 @@ def test_raising_plugin_dead_letters_each_event(tmp_path: Path) -> None:
     )
 
     dispatcher.dispatch_batch([make_event("evt_1"), make_event("evt_2")])
+    dispatcher.flush()
 
     letters = store.letters("raising")
     assert [letter.event.id for letter in letters] == ["evt_1", "evt_2"]
@@ -242,6 +244,7 @@ def test_batch_handler_gets_whole_batches(tmp_path: Path) -> None:
 
     dispatcher.dispatch_batch([make_event(f"evt_{n}") for n in range(3)])
     dispatcher.dispatch_batch([make_event("poison"), make_event("evt_9")])
+    dispatcher.flush()
 
     handler = plugins["batch"].handler
     assert isinstance(handler, BatchRecorder)
@@ -288,6 +291,7 @@ def test_hanging_plugin_left_behind(tmp_path: Path, release_hung_threads: None) 
         [make_event("evt_1"), make_event("hang"), make_event("evt_3")]
     )
     dispatcher.dispatch_batch([make_event("evt_4"), make_event("evt_5")])
+    dispatcher.flush()
     points = dispatcher.checkpoint()
     dispatcher.teardown()
     elapsed = time.monotonic() - started
@@ -313,6 +317,7 @@ def test_slow_plugin_not_stalled() -> None:
     dispatcher.setup(RunInfo(run_id="run_1"))
 
     dispatcher.dispatch_batch([make_event(f"evt_{n}") for n in range(5)])
+    dispatcher.flush()
     dispatcher.teardown()
 
     assert dispatcher.counts["slow"].handled == 5

@@ -91,7 +91,7 @@ class Handler:
     def handle_batch(self, events: Sequence[Event]) -> None:
         """React to several events at once, in file order.
 
-        A handler that overrides this method receives batches (of up to 256
+        A handler that overrides this method receives batches (of up to 2048
         events, only of its event types) in place of calls to ``handle``.
         ``RetryLater`` hands the whole batch over again; any other exception
         puts every event of the batch on the dead-letter list.

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -30,6 +30,9 @@ from processor.plugins.api import (
 from processor.plugins.deadletters import DeadLetter, DeadLetterStore
 from processor.plugins.loader import Plugin
 from processor.plugins.threads import PluginStalled, PluginThread
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,9 @@ class Dispatcher:
         self._sleep = sleep
         self.stall_after = stall_after
         self._threads: dict[str, PluginThread] = {}
+        self._in_flight: list[
+            tuple[str, Sequence[Event], tuple[int, int], Future[None]]
+        ] = []
         self.counts = {
             plugin.name: PluginCounts(
                 handled=self.resume.get(plugin.name, Checkpoint()).handled,
@@ -139,15 +145,19 @@ class Dispatcher:
             self._active.append((plugin.name, handler, event_types))
 
     def dispatch(self, event: Event) -> None:
-        """Hand ``event`` to every handler that wants its type."""
+        """Hand ``event`` to every handler that wants its type, and wait."""
         self.dispatch_batch([event])
+        self.flush()
 
     def dispatch_batch(self, events: Sequence[Event]) -> None:
-        """Hand ``events``, in order, to every handler that wants their type.
+        """Start handing ``events``, in order, to every handler that wants them.
 
-        Each handler receives the whole batch before the next one starts. A
-        handler resumed from a checkpoint skips the events up to it.
+        Returns once every plugin has finished the previous batch and started
+        on this one, so the caller reads the next batch while the plugins
+        work. ``flush`` waits for this batch too. A handler resumed from a
+        checkpoint skips the events up to it.
         """
+        self.flush()
         start = self.position
         self.position += len(events)
 
@@ -155,9 +165,8 @@ class Dispatcher:
             wanted = _wanted(events, event_types)
             self.counts[name].failed += len(wanted)
 
-        # Every plugin starts on the batch, on its own thread, before the
-        # dispatcher waits for the first, so that slow plugins overlap.
-        started = []
+        # Each plugin starts on the batch on its own thread, so plugins work
+        # on it at the same time, and the caller parses the next batch.
         for name, handler, event_types in self._active:
             skip = self._skip.get(name, 0) - start
             pending = _wanted(events[skip:] if skip > 0 else events, event_types)
@@ -168,16 +177,22 @@ class Dispatcher:
                 self.counts[name].failed += len(pending)
                 continue
             deliver = self._deliver_batch if uses_batches(handler) else self._deliver
-            before = thread.progress
+            before = (thread.progress, self.counts[name].failed)
             future = thread.start(deliver, name, handler, pending, thread)
-            started.append((name, pending, before, future))
+            self._in_flight.append((name, pending, before, future))
 
-        for name, pending, before, future in started:
+    def flush(self) -> None:
+        """Wait until every plugin has finished the batches handed to it."""
+        in_flight, self._in_flight = self._in_flight, []
+        for name, pending, before, future in in_flight:
             thread = self._threads[name]
             try:
                 thread.wait(future, f"a batch of {len(pending)} events")
             except PluginStalled as stall:
-                self._stalled(name, pending[thread.progress - before :], stall)
+                finished = thread.progress - before[0]
+                failed = self.counts[name].failed - before[1]
+                self.counts[name].handled += finished - failed
+                self._stalled(name, pending[finished:], stall)
 
     def _deliver(
         self,
@@ -187,25 +202,25 @@ class Dispatcher:
         thread: PluginThread,
     ) -> None:
         """Hand ``events`` to ``handle`` one by one, on the plugin's thread."""
-        counts = self.counts[name]
         handle = handler.handle
+        handled = 0
         for event in events:
             try:
                 handle(event)
-                handled = True
             except Exception as error:
                 if thread.stalled is not None:
                     return
                 call = functools.partial(handle, event)
-                handled = self._retried(name, call, [event], error)
+                if self._retried(name, call, [event], error):
+                    handled += 1
+            else:
+                handled += 1
+            # Counted per event, because a stall is a span without any.
+            thread.progress += 1
 
-            if thread.stalled is not None:
-                # Left behind: the dispatcher has failed this event and the
-                # rest of the batch.
-                return
-            if handled:
-                counts.handled += 1
-            thread.tick()
+        # A stalled plugin's count was settled by _stalled.
+        if thread.stalled is None:
+            self.counts[name].handled += handled
 
     def _deliver_batch(
         self,
@@ -335,6 +350,7 @@ class Dispatcher:
         A handler whose ``checkpoint`` raises keeps its previous checkpoint,
         so a resume hands it the events since then again.
         """
+        self.flush()
         for name, handler, _ in self._active:
             thread = self._threads[name]
             if thread.stalled is not None:
@@ -362,6 +378,7 @@ class Dispatcher:
 
         A stalled plugin's thread is still busy, so its teardown is skipped.
         """
+        self.flush()
         for name, handler, _ in self._active:
             thread = self._threads[name]
             if thread.stalled is not None:

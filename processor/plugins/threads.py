@@ -31,8 +31,9 @@ class PluginStalled(Exception):
 class PluginThread:
     """Runs the calls into one plugin on a thread of its own.
 
-    The running call reports each finished event with ``tick``; ``wait``
-    raises ``PluginStalled`` when ``stall_after`` seconds pass without one.
+    The running call adds 1 to ``progress`` for each finished event, and
+    ``wait`` raises ``PluginStalled`` when ``stall_after`` seconds pass
+    without one.
     """
 
     def __init__(self, name: str, stall_after: float) -> None:
@@ -62,10 +63,6 @@ class PluginThread:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-
-    def tick(self) -> None:
-        """Record that the running call finished one more event."""
-        self.progress += 1
 
     def start(
         self, function: Callable[..., T], *args: Any
