@@ -17,7 +17,7 @@ import httpx
 from sentry_sdk.utils import BadDsn, Dsn
 
 from processor.errors import ConfigurationError
-from processor.limits import ParseLimits
+from processor.limits import MAX_FIELD_SIZE_LIMIT, ParseLimits
 
 DEFAULT_API_URL = "https://api.buttondown.com/v1"
 
@@ -135,7 +135,7 @@ class Settings:
 
 def _parse_limits(env: Mapping[str, str]) -> ParseLimits:
     default = ParseLimits()
-    return ParseLimits(
+    limits = ParseLimits(
         max_uncompressed_bytes=_count(
             env,
             "PROCESSOR_MAX_UNCOMPRESSED_BYTES",
@@ -155,6 +155,13 @@ def _parse_limits(env: Mapping[str, str]) -> ParseLimits:
             env, "PROCESSOR_MAX_FIELD_SIZE", default.max_field_size, minimum=1024
         ),
     )
+    if limits.max_field_size > MAX_FIELD_SIZE_LIMIT:
+        raise ConfigurationError(
+            f"PROCESSOR_MAX_FIELD_SIZE is {limits.max_field_size}, more than the "
+            f"{MAX_FIELD_SIZE_LIMIT} allowed; set it to {MAX_FIELD_SIZE_LIMIT} "
+            f"or less, such as {default.max_field_size}."
+        )
+    return limits
 
 
 def _names(env: Mapping[str, str], name: str) -> frozenset[str] | None:

@@ -40,6 +40,8 @@ _END_RECORD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
 _ZIP64_END_RECORD = b"PK\x06\x06"
 _LOCAL_HEADER = b"PK\x03\x04"
+_DIRECTORY_HEADER = b"PK\x01\x02"
+_DIRECTORY_HEADER_SIZE = 46
 _LOCAL_HEADER_SIZE = 30
 # The end record is 22 bytes followed by a comment of up to 65,535 bytes.
 _END_SEARCH = 22 + 65_535
@@ -69,6 +71,11 @@ def open_source(path: Path, limits: ParseLimits) -> Source:
     one that breaks ``limits``, and ``ParseError`` for an archive without a
     single events member.
     """
+    if not path.is_file():
+        raise ParseError(
+            f"{path.name} is not a regular file (a directory, pipe or device); "
+            "pass an export file."
+        )
     with path.open("rb") as file:
         head = file.read(4)
 
@@ -106,6 +113,13 @@ def _zip_source(path: Path, limits: ParseLimits) -> Source:
         raise DamagedFile(
             f"{path.name} is not a whole ZIP archive ({error}), so it was "
             "probably cut short. Download the export again."
+        ) from None
+    except (OSError, ValueError) as error:
+        # zipfile raises these for a directory whose offsets or UTF-8 names
+        # are corrupt (UnicodeDecodeError is a ValueError).
+        raise DamagedFile(
+            f"{path.name} has a damaged ZIP directory ({type(error).__name__}: "
+            f"{error}). Download the export again."
         ) from None
 
     with archive:
@@ -155,35 +169,48 @@ def _check_entry_count(path: Path, limits: ParseLimits) -> None:
     """Raise ``LimitExceeded`` before zipfile reads an oversized directory.
 
     zipfile builds an object per entry when it opens an archive, so a
-    directory of millions of entries costs gigabytes. The count is read
-    from the end record first.
+    directory of millions of entries costs gigabytes. The count in the end
+    record can understate the entries, so they are also counted here, one
+    header at a time, up to the limit.
     """
-    count = _entry_count(path)
-    if count is not None and count > limits.max_members:
+    directory = _central_directory(path)
+    if directory is None:
+        return
+
+    declared, start, size = directory
+    limit = limits.max_members
+    counted = declared if declared > limit else _count_entries(path, start, size, limit)
+    if counted > limit:
         raise LimitExceeded(
-            f"{path.name} lists {count:,} entries, more than the "
-            f"{limits.max_members:,} allowed; an events export holds a few. "
-            "Raise PROCESSOR_MAX_ARCHIVE_MEMBERS if the file is trusted."
+            f"{path.name} lists {counted:,} entries, more than the {limit:,} "
+            "allowed; an events export holds a few. Raise "
+            "PROCESSOR_MAX_ARCHIVE_MEMBERS if the file is trusted."
         )
 
 
-def _entry_count(path: Path) -> int | None:
-    """Return the entry count of the ZIP end record, or ``None`` if absent."""
+def _central_directory(path: Path) -> tuple[int, int, int] | None:
+    """Return the declared entry count, start and size of the directory.
+
+    Returns ``None`` when the end record is missing, which zipfile reports.
+    The start is found from where the end record sits, as zipfile does, so
+    data prepended to the archive does not matter.
+    """
     size = path.stat().st_size
     with path.open("rb") as file:
-        start = max(0, size - _END_SEARCH)
-        file.seek(start)
+        tail_start = max(0, size - _END_SEARCH)
+        file.seek(tail_start)
         tail = file.read()
 
         position = tail.rfind(_END_RECORD)
         if position < 0 or len(tail) - position < 22:
             return None
-        (count,) = struct.unpack_from("<H", tail, position + 10)
-        if count != 0xFFFF:
-            return int(count)
+        count, directory_size = struct.unpack_from("<HI", tail, position + 10)
+        record_start = tail_start + position
+        if count != 0xFFFF and directory_size != 0xFFFFFFFF:
+            return int(count), record_start - int(directory_size), int(directory_size)
 
         # ZIP64: a locator just before the end record points at the ZIP64
-        # end record, which contains the 64-bit count.
+        # end record, which contains the 64-bit count and size.
         locator = position - 20
         if locator < 0 or tail[locator : locator + 4] != _ZIP64_LOCATOR:
             return None
@@ -192,8 +219,27 @@ def _entry_count(path: Path) -> int | None:
         record = file.read(56)
         if len(record) < 56 or not record.startswith(_ZIP64_END_RECORD):
             return None
-        (count64,) = struct.unpack_from("<Q", record, 32)
-        return int(count64)
+        count64, size64 = struct.unpack_from("<QQ", record, 32)
+        return int(count64), int(record_offset - size64), int(size64)
+
+
+def _count_entries(path: Path, start: int, size: int, limit: int) -> int:
+    """Count the directory's headers, stopping at ``limit`` + 1."""
+    count = 0
+    position = max(0, start)
+    end = position + size
+    with path.open("rb") as file:
+        while count <= limit and position + _DIRECTORY_HEADER_SIZE <= end:
+            file.seek(position)
+            header = file.read(_DIRECTORY_HEADER_SIZE)
+            if len(header) < _DIRECTORY_HEADER_SIZE or not header.startswith(
+                _DIRECTORY_HEADER
+            ):
+                break
+            name, extra, comment = struct.unpack_from("<HHH", header, 28)
+            position += _DIRECTORY_HEADER_SIZE + name + extra + comment
+            count += 1
+    return count
 
 
 def _events_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
@@ -266,9 +312,15 @@ def _check_member(member: zipfile.ZipInfo, name: str, limits: ParseLimits) -> Me
 def _data_offset(path: Path, member: zipfile.ZipInfo, name: str) -> int:
     """Return where the member's compressed bytes start in the file."""
     with path.open("rb") as file:
+        file_size = os.fstat(file.fileno()).st_size
+        if not 0 <= member.header_offset < file_size:
+            raise DamagedFile(
+                f"{name} is damaged: its data would start at offset "
+                f"{member.header_offset:,}, outside the file of {file_size:,} "
+                "bytes. Download the export again."
+            )
         file.seek(member.header_offset)
         header = file.read(_LOCAL_HEADER_SIZE)
-        file_size = os.fstat(file.fileno()).st_size
 
     if len(header) < _LOCAL_HEADER_SIZE or not header.startswith(_LOCAL_HEADER):
         raise DamagedFile(

@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, NoReturn
 
 import msgspec
 
-from processor.errors import ParseError
+from processor.errors import LimitExceeded, ParseError
 from processor.events import Event, MetadataValue
 from processor.limits import ParseLimits
 from processor.rejects import Rejects
@@ -140,7 +141,12 @@ def iter_json_array(
     )
     elements = _ArrayElements(text, member, limits.max_record_size)
 
+    limit = limits.max_record_size
     for line, raw, value in elements:
+        if len(raw) > limit:
+            reason = f"the record is longer than {limit:,} characters"
+            _reject(stats, rejects, member, line, reason, raw[:1000])
+            continue
         if _UNDECODABLE.search(raw):
             reason = "the record contains bytes that are not valid UTF-8"
             _reject(stats, rejects, member, line, reason, raw)
@@ -168,6 +174,8 @@ def _event_or_reason(decode: Callable[[], JsonRecord]) -> Event | str:
         return f"invalid JSON record: {error}"
     except ValueError as error:
         return str(error)
+    except RecursionError:
+        return "invalid JSON record: it is nested too deeply"
 
 
 def _reject(
@@ -184,6 +192,34 @@ def _reject(
     rejects.add(member, line, reason, raw.rstrip("\r\n"))
 
 
+class _Unrepresentable:
+    """A number too large, infinite or NaN, read from a JSON array."""
+
+    def __repr__(self) -> str:
+        return "an unrepresentable number"
+
+
+_UNREPRESENTABLE = _Unrepresentable()
+
+# Python's own limit on the digits of an int read from text.
+_MAX_INT_DIGITS = 4300
+
+
+def _bounded_int(text: str) -> int | _Unrepresentable:
+    if len(text) > _MAX_INT_DIGITS:
+        return _UNREPRESENTABLE
+    return int(text)
+
+
+def _finite_float(text: str) -> float | _Unrepresentable:
+    value = float(text)
+    return value if math.isfinite(value) else _UNREPRESENTABLE
+
+
+def _unrepresentable(text: str) -> _Unrepresentable:
+    return _UNREPRESENTABLE
+
+
 class _ArrayElements:
     """Iterates over ``(line, raw text, value)`` for each element of an array.
 
@@ -195,7 +231,13 @@ class _ArrayElements:
         self._text = text
         self._member = member
         self._limit = limit
-        self._decoder = json.JSONDecoder()
+        # Numbers JSON cannot represent faithfully become a marker that no
+        # record field accepts, so their record is rejected on its own.
+        self._decoder = json.JSONDecoder(
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_unrepresentable,
+        )
         self._buffer = ""
         self._position = 0
         self._eof = False
@@ -236,14 +278,16 @@ class _ArrayElements:
             try:
                 value, end = self._decoder.raw_decode(self._buffer, start)
             except json.JSONDecodeError as error:
-                if self._eof or len(self._buffer) - start > self._limit:
+                if self._eof:
                     self._fail(f"invalid JSON ({error.msg})", error.pos)
-                self._fill()
+                self._fill_element(start)
                 continue
+            except RecursionError:
+                self._fail("an element is nested too deeply to read", start)
 
             # A number at the end of the block may go on in the next block.
             if end == len(self._buffer) and not self._eof:
-                self._fill()
+                self._fill_element(start)
                 continue
 
             line = self._line_at(start)
@@ -272,8 +316,23 @@ class _ArrayElements:
         if self._position < len(self._buffer):
             self._fail("unexpected data after the closing ']'")
 
-    def _fill(self) -> None:
-        block = self._text.read(READ_CHARS)
+    def _fill_element(self, start: int) -> None:
+        """Read more of an element that is not complete in the buffer.
+
+        Each read is as large as the element so far, so an element of n
+        characters is decoded O(log n) times, not once per block.
+        """
+        size = len(self._buffer) - start
+        if size > self._limit:
+            raise LimitExceeded(
+                f"{self._member} has an array element at line "
+                f"{self._line_at(start)} longer than {self._limit:,} characters. "
+                "Raise PROCESSOR_MAX_FIELD_SIZE if the file is trusted."
+            )
+        self._fill(max(READ_CHARS, size))
+
+    def _fill(self, size: int = READ_CHARS) -> None:
+        block = self._text.read(size)
         if not block:
             self._eof = True
             return

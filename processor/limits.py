@@ -22,19 +22,26 @@ class ParseLimits:
             to 1. The ratio is checked only past ``RATIO_GRACE_BYTES``.
         max_members: the most entries a ZIP archive may list.
         max_field_size: the longest CSV field or metadata value, in
-            characters. A CSV line and a JSON record may be twice as long.
+            characters, 64 times the csv module's default. A CSV line and a
+            JSON record may be twice as long. Python needs up to about 25
+            bytes per character to hold a line of many tiny fields, so the
+            default keeps one line under about 50 MiB of memory.
     """
 
     max_uncompressed_bytes: int = 64 * GiB
     max_compression_ratio: int = 100
     max_members: int = 1_000
-    max_field_size: int = 16 * MiB
+    max_field_size: int = 1 * MiB
 
     @property
     def max_record_size(self) -> int:
         """The longest CSV line or JSON record, in characters or bytes."""
         return 2 * self.max_field_size
 
+
+# The largest max_field_size accepted: the csv module stores its limit in a
+# C long, which is 32 bits on some platforms.
+MAX_FIELD_SIZE_LIMIT = 256 * MiB
 
 # Decompressed bytes produced before the compression ratio is checked, so a
 # small, very repetitive file is not taken for a bomb.

@@ -10,6 +10,7 @@ accepted.
 
 from __future__ import annotations
 
+import math
 import re
 
 import msgspec
@@ -46,6 +47,12 @@ def parse_metadata(text: str) -> dict[str, MetadataValue]:
         return cached.copy()
 
     result = _parse(text)
+    for key, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON has no such number, so it could not be archived as given.
+            raise ValueError(
+                f"metadata {key!r} is {value}, which is not a finite number"
+            )
     if len(text) <= _CACHE_KEY_MAX:
         if len(_cache) >= _CACHE_SIZE:
             _cache.clear()

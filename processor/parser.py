@@ -113,6 +113,11 @@ def detect_format(head: bytes, name: str) -> Format:
             "a JSON array."
         )
 
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ParseError(
+            f"{name} is UTF-16 text; save it as UTF-8 (for example with iconv "
+            "-f UTF-16 -t UTF-8) and pass it again."
+        )
     first = text[:1]
     if first == b"[":
         return "json"
@@ -303,7 +308,12 @@ class _CsvRows:
                         moment = fromisoformat(timestamp)
                         if moment.tzinfo is None:
                             moment = moment.replace(tzinfo=UTC)
-                        if event_id and event_type and len(timestamp) > 10:
+                        if (
+                            event_id
+                            and event_type
+                            and len(timestamp) > 10
+                            and 1 < moment.year < 9999
+                        ):
                             event = make_event(
                                 id=event_id,
                                 token=token,

@@ -81,6 +81,14 @@ def parse_timestamp(text: str) -> datetime:
 
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
+    if not 1 < value.year < 9999:
+        # At the ends of datetime's range the time in UTC may not exist.
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError(
+                f"timestamp {text[:60]!r} is out of range once converted to UTC"
+            ) from None
     return value
 
 

@@ -153,3 +153,8 @@ def test_api_version_header_safe() -> None:
 def test_invalid_value_rejected_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env({name: value})
+
+
+def test_field_size_above_maximum_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="PROCESSOR_MAX_FIELD_SIZE"):
+        Settings.from_env({"PROCESSOR_MAX_FIELD_SIZE": "99999999999999999999"})

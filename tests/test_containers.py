@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -172,3 +174,54 @@ def test_zip_members_over_limit_fail_fast(tmp_path: Path) -> None:
 
     with pytest.raises(LimitExceeded, match="lists 30 entries"):
         open_source(path, ParseLimits(max_members=10))
+
+
+def test_fifo_rejected_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "events.csv"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ParseError, match="not a regular file"):
+        open_source(fifo, ParseLimits())
+
+
+def array_record(size: int) -> str:
+    return (
+        '{"id": "e1", "subscriber_id": "s", "event_type": "opened", '
+        '"timestamp": "2024-03-13T00:00:00Z", "metadata": {"u": "' + "u" * size + '"}}'
+    )
+
+
+def test_long_array_element_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    path.write_text("[" + array_record(5000) + ", " + array_record(10) + "]")
+
+    count, stats = read_all(path, ParseLimits(max_field_size=1024))
+
+    assert count == 1
+    assert stats.rejected == 1
+
+
+def test_array_element_past_read_limit(tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    path.write_text("[" + array_record(1_200_000) + "]")
+
+    with pytest.raises(LimitExceeded, match="PROCESSOR_MAX_FIELD_SIZE"):
+        read_all(path, ParseLimits(max_field_size=1024))
+
+
+def test_large_array_element_read_whole(tmp_path: Path) -> None:
+    metadata = {f"k{number}": "v" * 10 for number in range(100_000)}
+    record = {
+        "id": "e1",
+        "subscriber_id": "s",
+        "event_type": "opened",
+        "timestamp": "2024-03-13T00:00:00Z",
+        "metadata": metadata,
+    }
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([record]))
+
+    count, stats = read_all(path, ParseLimits(max_field_size=4 * 1024 * 1024))
+
+    assert count == 1
+    assert stats.rejected == 0

@@ -396,6 +396,60 @@ def zip_encrypted_flag() -> bytes:
     return bytes(data)
 
 
+def zip_understated_count() -> bytes:
+    """1,100 entries whose end record claims one, to slip past the limit."""
+    members = [(f"p{number:04d}", b"") for number in range(1_100)]
+    data = bytearray(zip_bytes([*members, ("events.csv", csv_bytes(standard_rows(1)))]))
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, 1, 1)
+    return bytes(data)
+
+
+def zip_bad_directory_offset() -> bytes:
+    data = bytearray(zip_one_member())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 42, 10_000_000)
+    return bytes(data)
+
+
+def deeply_nested_json_lines() -> bytes:
+    nested = "[" * 5000 + "]" * 5000
+    good = [json.dumps(json_record(number)) for number in range(2)]
+    bad = '{"id": "ext_evt_deep", "x": ' + nested + "}"
+    return "\n".join([good[0], bad, good[1]]).encode() + b"\n"
+
+
+def unrepresentable_numbers() -> bytes:
+    records = [json.dumps(json_record(number)) for number in range(3)]
+    records.insert(1, '{"id": ' + "9" * 5000 + ', "event_type": "opened"}')
+    records.insert(
+        2,
+        '{"id": "e", "subscriber_id": "s", "event_type": "opened", '
+        '"timestamp": "2024-03-13T00:00:00Z", "metadata": {"n": NaN}}',
+    )
+    records.insert(
+        3,
+        '{"id": "f", "subscriber_id": "s", "event_type": "opened", '
+        '"timestamp": "2024-03-13T00:00:00Z", "metadata": {"n": 1e999}}',
+    )
+    return ("[\n" + ",\n".join(records) + "\n]\n").encode()
+
+
+def out_of_range_timestamps() -> bytes:
+    rows = [
+        row(0),
+        row(1, timestamp="0001-01-01T00:00:00+01:00"),
+        row(2, timestamp="9999-12-31T23:59:59-01:00"),
+        row(3, timestamp="0001-01-01T05:00:00+01:00"),
+        row(4, metadata="{'n': 1e999}"),
+    ]
+    return csv_bytes(rows)
+
+
+def utf16_csv() -> bytes:
+    return csv_bytes(standard_rows(2)).decode().encode("utf-16")
+
+
 def gzip_csv() -> bytes:
     return gzip_bytes(csv_bytes(standard_rows(5)))
 
@@ -553,6 +607,34 @@ ENTRIES = [
     Entry(
         "encrypted.zip", "an encrypted member", zip_encrypted_flag, error="encrypted"
     ),
+    Entry(
+        "understated-count.zip",
+        "1,100 entries, an end record that claims 1",
+        zip_understated_count,
+        error="more than the 1,000 allowed",
+    ),
+    Entry(
+        "bad-offset.zip",
+        "a directory entry pointing past the file's end",
+        zip_bad_directory_offset,
+        error="damaged",
+    ),
+    Entry("nested.jsonl", "a record nested 5,000 deep", deeply_nested_json_lines, 2, 1),
+    Entry(
+        "numbers.json",
+        "a 5,000-digit id, NaN and 1e999 in an array",
+        unrepresentable_numbers,
+        3,
+        3,
+    ),
+    Entry(
+        "far-dates.csv",
+        "times outside years 1 to 9999 in UTC",
+        out_of_range_timestamps,
+        2,
+        3,
+    ),
+    Entry("utf16.csv", "a UTF-16 CSV", utf16_csv, error="UTF-16"),
     Entry("events.csv.gz", "gzip-compressed CSV", gzip_csv, 5),
     Entry("events.json.gz", "gzip-compressed JSON array", gzip_json, 5),
     Entry("events.jsonl.gz", "gzip-compressed JSON lines", gzip_json_lines, 4, 2),
