@@ -2,8 +2,8 @@
 
 An export file is a ZIP archive, a gzip file or plain text, detected from
 its first bytes and never from its name. ``open_source`` picks the events
-member of a ZIP archive, checks it against ``ParseLimits``, and for the two
-compressed forms decompresses the data once to verify its CRC-32 and size
+member of a ZIP archive and checks it against ``ParseLimits``. For the two
+compressed forms it decompresses the data once to verify its CRC-32 and size
 before anything reads it, so a cut or corrupt file fails before the first
 event reaches a plugin.
 

@@ -20,7 +20,7 @@ class ParseLimits:
             compressed bytes. Events CSVs compress about 4 to 1 and very
             repetitive files about 20 to 1, while a ZIP bomb reaches 1,000
             to 1. The ratio is checked only past ``RATIO_GRACE_BYTES``.
-        max_members: the most entries a ZIP archive may list.
+        max_members: the maximum number of entries a ZIP archive may list.
         max_field_size: the longest CSV field or metadata value, in
             characters, 64 times the csv module's default. A CSV line and a
             JSON record may be twice as long. Python needs up to about 25

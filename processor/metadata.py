@@ -30,7 +30,7 @@ _json_decoder = msgspec.json.Decoder(dict[str, MetadataValue])
 # Parsed cells by their text. Exports repeat the same few metadata values
 # (client names, countries, bounce reasons) across millions of rows, so most
 # cells are parsed once. Only short cells are kept, and the cache is emptied
-# when full, so it holds at most _CACHE_SIZE * _CACHE_KEY_MAX characters.
+# when full, so it contains at most _CACHE_SIZE * _CACHE_KEY_MAX characters.
 _CACHE_SIZE = 4096
 _CACHE_KEY_MAX = 512
 _cache: dict[str, dict[str, MetadataValue]] = {}

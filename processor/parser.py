@@ -294,7 +294,7 @@ class _CsvRows:
             for fields in reader:
                 if fast and not checked.suspect:
                     # The checks of build_event, inlined. A row that fails
-                    # any of them is read again by _event, which says why.
+                    # any of them is read again by _event, which records why.
                     try:
                         (
                             event_id,
