@@ -66,5 +66,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     subscriber_email: str | None
     event_type: str
     timestamp: datetime
+    # NOTE: every plugin receives the same dict. One that changes it in place
+    # changes it for the others; msgspec cannot encode a read-only mapping.
     metadata: dict[str, MetadataValue]
     subscriber_id: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -130,3 +131,23 @@ class SlowHandler(RecordingHandler):
     def handle(self, event: Event) -> None:
         time.sleep(0.2)
         super().handle(event)
+
+
+class ExitingHandler(RecordingHandler):
+    """Calls sys.exit on the event with id ``exit``."""
+
+    name = "exiting"
+
+    def handle(self, event: Event) -> None:
+        if event.id == "exit":
+            sys.exit(3)
+        super().handle(event)
+
+
+class OpaqueCheckpoint(RecordingHandler):
+    """Returns checkpoint state that JSON cannot encode."""
+
+    name = "opaque"
+
+    def checkpoint(self) -> object:
+        return {"state": object()}

@@ -84,6 +84,23 @@ def test_distribution_twice_on_path_loads_once(tmp_path: Path) -> None:
     assert twice[0]["status"] == "loaded"
 
 
+def test_same_name_from_two_distributions(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    write_distribution(
+        site, "impostor", {"summary": "tests.sample_plugins:RecordingHandler"}
+    )
+    path = f"{site}{os.pathsep}{REPOSITORY}"
+
+    result = processor("plugins", "--json", cwd=tmp_path, PYTHONPATH=path)
+
+    rows = json.loads(result.stdout.splitlines()[-1])
+    summaries = [row for row in rows if row["name"] == "summary"]
+    assert len(summaries) == 2
+    assert [row["status"] for row in summaries].count("loaded") == 1
+    failed = next(row for row in summaries if row["status"] == "failed")
+    assert "already provides a plugin named 'summary'" in failed["error"]
+
+
 def test_plugins_deny_list_shown(tmp_path: Path) -> None:
     result = processor(
         "plugins", "--json", cwd=tmp_path, PROCESSOR_DISABLED_PLUGINS="archive"
@@ -153,6 +170,7 @@ def test_dead_letters_listed_and_retried(tmp_path: Path) -> None:
         "retried": 2,
         "handled": 2,
         "failed": 0,
+        "untouched": 0,
         "error": None,
     }
     assert store.letters("archive") == []
@@ -178,6 +196,8 @@ def test_dead_letters_retry_failure_kept(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "setup failed" in str(last_json(result)["error"])
+    assert last_json(result)["untouched"] == 1
+    assert [letter.event.id for letter in store.letters("archive")] == ["ext_evt_1"]
 
 
 def test_retry_unknown_plugin_fails(tmp_path: Path) -> None:
@@ -229,7 +249,7 @@ def test_redis_dead_letters(redis_url: str) -> None:
 
     store.add(first)
     store.add(second)
-    store.remove(first)
+    store.remove("archive", [first])
 
     assert store.plugins() == ["warehouse"]
     assert store.letters("warehouse") == [second]

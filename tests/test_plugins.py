@@ -338,3 +338,43 @@ def test_handler_calls_on_one_thread() -> None:
     dispatcher.teardown()
 
     assert names == ["plugin-recording", "plugin-recording"]
+
+
+def test_sys_exit_in_handle_is_plugin_failure(tmp_path: Path) -> None:
+    store = FileDeadLetters(tmp_path)
+    dispatcher, _, _ = dispatcher_for(
+        ("exiting", "tests.sample_plugins:ExitingHandler"),
+        ("recording", "tests.sample_plugins:RecordingHandler"),
+        store=store,
+    )
+
+    dispatcher.dispatch_batch([make_event("evt_1"), make_event("exit")])
+    dispatcher.flush()
+
+    assert dispatcher.counts["exiting"].handled == 1
+    assert dispatcher.counts["exiting"].failed == 1
+    assert dispatcher.counts["recording"].handled == 2
+    [letter] = store.letters("exiting")
+    assert letter.error == "SystemExit: 3"
+
+
+def test_unencodable_checkpoint_keeps_previous() -> None:
+    plugins = loaded(("opaque", "tests.sample_plugins:OpaqueCheckpoint"))
+    dispatcher = Dispatcher(plugins.values())
+    dispatcher.setup(RunInfo(run_id="run_1"))
+    dispatcher.dispatch(make_event("evt_1"))
+
+    points = dispatcher.checkpoint()
+    dispatcher.teardown()
+
+    assert "opaque" not in points
+    assert dispatcher.counts["opaque"].handled == 1
+
+
+def test_allow_list_unknown_name_warned(caplog: pytest.LogCaptureFixture) -> None:
+    load_plugins(
+        [entry_point("recording", "tests.sample_plugins:RecordingHandler")],
+        PluginSelection(enabled=frozenset({"recordng"})),
+    )
+
+    assert "PROCESSOR_PLUGINS names recordng" in caplog.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -11,7 +10,8 @@ import msgspec
 
 from processor.cli import cli
 from processor.config import Settings
-from processor.plugins import Plugin, RunInfo, load_plugins
+from processor.plugins import DeadLetter, Plugin, RunInfo, load_plugins
+from processor.plugins.deadletters import DeadLetterStore
 from processor.plugins.wiring import build_dispatcher, dead_letter_store, selection
 
 
@@ -78,11 +78,21 @@ def dead_letters(ctx: click.Context, plugin_name: str | None, as_json: bool) -> 
         )
 
 
+# Dead letters handed over between rewrites of the list.
+RETRY_CHUNK = 256
+
+
 @dead_letters.command("retry")
 @click.argument("plugin_name", metavar="PLUGIN")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def retry(plugin_name: str, as_json: bool) -> None:
-    """Hand PLUGIN's dead letters to it again, removing each it handles."""
+    """Hand PLUGIN's dead letters to it again, removing each it handles.
+
+    Letters are handed over in the run they came from (same run id and
+    export id, so idempotency keys match). A letter that fails again is
+    replaced by one with the new error. A letter the plugin never received
+    stays as it was, as when its setup failed or it stalled.
+    """
     settings = Settings.from_env()
     store = dead_letter_store(settings)
     letters = store.letters(plugin_name)
@@ -97,31 +107,77 @@ def retry(plugin_name: str, as_json: bool) -> None:
         click.echo(f"Error: plugin {plugin_name!r} cannot run: {reason}.", err=True)
         sys.exit(1)
 
-    dispatcher = build_dispatcher(settings, plugins=found)
-    run_id = "dead-letters-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    dispatcher.setup(RunInfo(run_id=run_id))
-    try:
-        for letter in letters:
-            # A failure goes back on the list, with its new error, through
-            # the dispatcher; either way the old entry is removed after.
-            dispatcher.dispatch(letter.event)
-            store.remove(letter)
-    finally:
-        dispatcher.teardown()
+    handled = failed = 0
+    error: str | None = None
+    for (run_id, export_id), group in _by_run(letters).items():
+        outcome = _retry_group(settings, found[0], store, run_id, export_id, group)
+        handled += outcome[0]
+        failed += outcome[1]
+        error = error or outcome[2]
+        if outcome[2] is not None:
+            break
 
-    counts = dispatcher.counts[plugin_name]
+    untouched = len(letters) - handled - failed
     result = {
         "plugin": plugin_name,
-        "retried": len(letters),
-        "handled": counts.handled,
-        "failed": counts.failed,
-        "error": counts.error,
+        "retried": handled + failed,
+        "handled": handled,
+        "failed": failed,
+        "untouched": untouched,
+        "error": error,
     }
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
     else:
         click.echo(
-            f"Retried {len(letters)} dead letter(s) of {plugin_name}: "
-            f"{counts.handled} handled, {counts.failed} failed again."
+            f"Retried {handled + failed} dead letter(s) of {plugin_name}: "
+            f"{handled} handled, {failed} failed again, {untouched} untouched."
         )
-    sys.exit(0 if counts.failed == 0 and counts.error is None else 1)
+        if error:
+            click.echo(f"Error: {error}", err=True)
+    sys.exit(0 if failed == 0 and error is None else 1)
+
+
+def _by_run(
+    letters: list[DeadLetter],
+) -> dict[tuple[str, str | None], list[DeadLetter]]:
+    groups: dict[tuple[str, str | None], list[DeadLetter]] = {}
+    for letter in letters:
+        groups.setdefault((letter.run_id, letter.export_id), []).append(letter)
+    return groups
+
+
+def _retry_group(
+    settings: Settings,
+    plugin: Plugin,
+    store: DeadLetterStore,
+    run_id: str,
+    export_id: str | None,
+    letters: list[DeadLetter],
+) -> tuple[int, int, str | None]:
+    """Hand one run's letters over again; return handled, failed and error."""
+    dispatcher = build_dispatcher(settings, plugins=[plugin])
+    counts = dispatcher.counts[plugin.name]
+    dispatcher.setup(RunInfo(run_id=run_id, export_id=export_id))
+    handled = failed = 0
+    try:
+        for start in range(0, len(letters), RETRY_CHUNK):
+            done: list[DeadLetter] = []
+            for letter in letters[start : start + RETRY_CHUNK]:
+                if counts.error is not None:
+                    break
+                before = (counts.handled, dispatcher.dead_lettered)
+                dispatcher.dispatch(letter.event)
+                if counts.handled > before[0]:
+                    handled += 1
+                    done.append(letter)
+                elif dispatcher.dead_lettered > before[1]:
+                    # Its new letter, with the new error, is on the list.
+                    failed += 1
+                    done.append(letter)
+            store.remove(plugin.name, done)
+            if counts.error is not None:
+                break
+    finally:
+        dispatcher.teardown()
+    return handled, failed, counts.error

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
@@ -71,8 +72,8 @@ class DeadLetterStore(Protocol):
     def letters(self, plugin: str) -> list[DeadLetter]:
         """Return the plugin's list, oldest first."""
 
-    def remove(self, letter: DeadLetter) -> None:
-        """Remove one entry equal to ``letter`` from its plugin's list."""
+    def remove(self, plugin: str, letters: Sequence[DeadLetter]) -> None:
+        """Remove one entry equal to each of ``letters`` from the plugin's list."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -122,16 +123,22 @@ class FileDeadLetters:
         with self._locked(plugin, "rb") as file:
             return [_decoder.decode(line) for line in file if line.strip()]
 
-    def remove(self, letter: DeadLetter) -> None:
-        if not self._path(letter.plugin).exists():
+    def remove(self, plugin: str, letters: Sequence[DeadLetter]) -> None:
+        if not letters or not self._path(plugin).exists():
             return
-        with self._locked(letter.plugin, "r+b") as file:
-            kept = [_decoder.decode(line) for line in file if line.strip()]
-            if letter in kept:
-                kept.remove(letter)
+        # The encoding is deterministic, so equal letters have equal lines.
+        pending = Counter(_encoder.encode(letter) for letter in letters)
+        with self._locked(plugin, "r+b") as file:
+            kept = []
+            for line in file:
+                body = line.rstrip(b"\n")
+                if pending[body] > 0:
+                    pending[body] -= 1
+                elif body:
+                    kept.append(body + b"\n")
             file.seek(0)
             file.truncate()
-            file.writelines(_encoder.encode(item) + b"\n" for item in kept)
+            file.writelines(kept)
 
 
 class RedisDeadLetters:
@@ -159,10 +166,13 @@ class RedisDeadLetters:
             for item in self.client.lrange(KEY_PREFIX + plugin, 0, -1)
         ]
 
-    def remove(self, letter: DeadLetter) -> None:
+    def remove(self, plugin: str, letters: Sequence[DeadLetter]) -> None:
         # The encoding is deterministic, so it matches the stored bytes.
-        encoded = _encoder.encode(letter)
-        self.client.lrem(KEY_PREFIX + letter.plugin, 1, encoded)  # type: ignore[arg-type]
+        with self.client.pipeline() as pipe:
+            for letter in letters:
+                encoded = _encoder.encode(letter)
+                pipe.lrem(KEY_PREFIX + plugin, 1, encoded)  # type: ignore[arg-type]
+            pipe.execute()
 
 
 class MemoryDeadLetters:
@@ -180,7 +190,8 @@ class MemoryDeadLetters:
     def letters(self, plugin: str) -> list[DeadLetter]:
         return list(self.lists.get(plugin, []))
 
-    def remove(self, letter: DeadLetter) -> None:
-        letters = self.lists.get(letter.plugin, [])
-        if letter in letters:
-            letters.remove(letter)
+    def remove(self, plugin: str, letters: Sequence[DeadLetter]) -> None:
+        stored = self.lists.get(plugin, [])
+        for letter in letters:
+            if letter in stored:
+                stored.remove(letter)

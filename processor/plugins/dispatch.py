@@ -89,6 +89,8 @@ class Dispatcher:
         self._sleep = sleep
         self.stall_after = stall_after
         self._threads: dict[str, PluginThread] = {}
+        # Dead letters stored so far; the dead-letter re-run reads it.
+        self.dead_lettered = 0
         self._in_flight: list[
             tuple[str, Sequence[Event], tuple[int, int], Future[None]]
         ] = []
@@ -205,10 +207,15 @@ class Dispatcher:
         handle = handler.handle
         handled = 0
         for event in events:
+            if thread.left_behind():
+                # The dispatcher has failed the rest of the batch.
+                return
             try:
                 handle(event)
-            except Exception as error:
-                if thread.stalled is not None:
+            # This runs on the plugin's thread, so SystemExit or
+            # KeyboardInterrupt here came from the plugin and is its failure.
+            except BaseException as error:
+                if thread.left_behind():
                     return
                 call = functools.partial(handle, event)
                 if self._retried(name, call, [event], error):
@@ -233,7 +240,7 @@ class Dispatcher:
         call = functools.partial(handler.handle_batch, events)
         try:
             call()
-        except Exception as error:
+        except BaseException as error:
             # The whole batch is retried, or fails, as one unit.
             handled = self._retried(name, call, events, error)
         else:
@@ -253,8 +260,8 @@ class Dispatcher:
         """
         counts = self.counts[name]
         counts.error = (
-            f"{stall}; its later events in this run count as failed. Replay the "
-            f"export with PROCESSOR_PLUGINS={name} to hand them over again."
+            f"{stall}; its later events in this run count as failed. Run the "
+            f"export again with PROCESSOR_PLUGINS={name} to hand them over."
         )
         logger.error("Plugin %r %s", name, counts.error)
         if events:
@@ -265,7 +272,7 @@ class Dispatcher:
         name: str,
         call: Callable[[], None],
         events: Sequence[Event],
-        error: Exception,
+        error: BaseException,
     ) -> bool:
         """Call ``call`` again while it raises ``RetryLater``, with backoff.
 
@@ -293,14 +300,14 @@ class Dispatcher:
             try:
                 call()
                 return True
-            except Exception as next_error:
+            except BaseException as next_error:
                 error = next_error
 
         self._fail(name, events, error, attempt)
         return False
 
     def _fail(
-        self, name: str, events: Sequence[Event], error: Exception, attempts: int
+        self, name: str, events: Sequence[Event], error: BaseException, attempts: int
     ) -> None:
         counts = self.counts[name]
         counts.failed += len(events)
@@ -337,6 +344,7 @@ class Dispatcher:
             )
             try:
                 self.dead_letters.add(letter)
+                self.dead_lettered += 1
             except Exception:
                 logger.exception(
                     "Could not store a dead letter for plugin %r, event %s.",
@@ -347,8 +355,9 @@ class Dispatcher:
     def checkpoint(self) -> dict[str, Checkpoint]:
         """Ask each handler to make its effects durable; return the progress.
 
-        A handler whose ``checkpoint`` raises keeps its previous checkpoint,
-        so a resume hands it the events since then again.
+        A handler whose ``checkpoint`` raises, or returns state that JSON
+        cannot encode, keeps its previous checkpoint, so a resume hands it
+        the events since then again.
         """
         self.flush()
         for name, handler, _ in self._active:
@@ -362,6 +371,16 @@ class Dispatcher:
                 continue
             except Exception:
                 logger.exception("Plugin %r failed to checkpoint.", name)
+                continue
+            try:
+                msgspec.json.encode(state)
+            except (TypeError, ValueError, OverflowError) as error:
+                logger.error(
+                    "Plugin %r returned checkpoint state that JSON cannot encode "
+                    "(%s); its previous checkpoint stays.",
+                    name,
+                    error,
+                )
                 continue
 
             counts = self.counts[name]

@@ -90,13 +90,31 @@ def load_plugins(
             continue
         seen.add(key)
 
-        if selection.allows(entry_point.name):
+        if any(plugin.name == entry_point.name for plugin in plugins):
+            # Counts, configuration and dead letters are kept by name, so
+            # a second plugin of the same name would be mixed with the first.
+            plugin = _describe(entry_point)
+            plugins.append(
+                _failed(
+                    plugin,
+                    f"another distribution already provides a plugin named "
+                    f"{entry_point.name!r}; uninstall one of them",
+                )
+            )
+        elif selection.allows(entry_point.name):
             plugins.append(_load_one(entry_point))
         else:
             plugin = _describe(entry_point)
             plugin.status = DISABLED
             plugins.append(plugin)
 
+    if selection.enabled is not None:
+        unknown = selection.enabled.difference(plugin.name for plugin in plugins)
+        if unknown:
+            logger.warning(
+                "PROCESSOR_PLUGINS names %s, which no installed plugin provides.",
+                ", ".join(sorted(unknown)),
+            )
     return sorted(plugins, key=lambda plugin: plugin.name)
 
 
@@ -115,10 +133,14 @@ def _load_one(entry_point: metadata.EntryPoint) -> Plugin:
     try:
         factory = entry_point.load()
         handler = factory()
-    except Exception as error:
+    # SystemExit too: a plugin that exits on import must not end the process.
+    except (Exception, SystemExit) as error:
         return _failed(plugin, f"{type(error).__name__}: {error}")
 
-    problem = _check_handler(handler, entry_point.value)
+    try:
+        problem = _check_handler(handler, entry_point.value)
+    except Exception as error:
+        problem = f"{entry_point.value} failed a check: {type(error).__name__}: {error}"
     if problem is not None:
         return _failed(plugin, problem)
 

@@ -28,6 +28,14 @@ class PluginStalled(Exception):
     """A plugin finished no event within the stall limit."""
 
 
+class PluginExited(Exception):
+    """A plugin raised SystemExit or KeyboardInterrupt on its thread.
+
+    Wrapped so that it counts as the plugin's failure, like any other
+    exception, and never ends the run or the process.
+    """
+
+
 class PluginThread:
     """Runs the calls into one plugin on a thread of its own.
 
@@ -59,10 +67,21 @@ class PluginThread:
                 continue
             try:
                 result = function(*args)
-            except BaseException as error:
+            except Exception as error:
                 future.set_exception(error)
+            except BaseException as error:
+                wrapped = PluginExited(f"{type(error).__name__}: {error}")
+                future.set_exception(wrapped)
             else:
                 future.set_result(result)
+
+    def left_behind(self) -> bool:
+        """Return whether the dispatcher gave up on this plugin.
+
+        A method, not the attribute, because another thread sets it while
+        the plugin's thread runs.
+        """
+        return self.stalled is not None
 
     def start(
         self, function: Callable[..., T], *args: Any
