@@ -41,31 +41,31 @@ def archived_ids(directory: Path) -> list[str]:
 
 
 def crash_then_resume(export: Path, crash_at: int) -> None:
+    """Crash on the ``crash_at``-th commit, before it is stored, then resume.
+
+    A plugin's own exception is only its failure, so the crash comes from
+    the commit, as a kill -9 between writing events and committing would.
+    """
     committed: list[dict[str, Checkpoint]] = []
 
     def commit(summary: Summary) -> None:
+        if len(committed) + 1 >= crash_at:
+            raise Crash
         committed.append(summary.checkpoints)
 
-    first = Dispatcher(
-        [
-            Plugin("archive", None, None, handler=ArchiveHandler()),
-            Plugin("crash", None, None, handler=CrashAt(crash_at)),
-        ]
-    )
+    first = Dispatcher([Plugin("archive", None, None, handler=ArchiveHandler())])
     with pytest.raises(Crash):
         process_file(export, first, RunInfo(run_id="run_1"), commit)
 
-    # The summary written on the way out carries no checkpoints, so the
-    # last non-empty one is what a killed process would have committed.
     checkpoints = [points for points in committed if points]
     last = checkpoints[-1] if checkpoints else None
     second = Dispatcher(
         [Plugin("archive", None, None, handler=ArchiveHandler())], resume=last
     )
-    process_file(export, second, RunInfo(run_id="run_1"), commit)
+    process_file(export, second, RunInfo(run_id="run_1"), lambda summary: None)
 
 
-@pytest.mark.parametrize("crash_at", [1, 2500])
+@pytest.mark.parametrize("crash_at", [2, 3])
 def test_resume_archives_each_event_once(
     crash_at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
