@@ -207,7 +207,7 @@ class Dispatcher:
         handle = handler.handle
         handled = 0
         for event in events:
-            if thread.left_behind():
+            if thread.stalled is not None:
                 # The dispatcher has failed the rest of the batch.
                 return
             try:
