@@ -143,6 +143,12 @@ def test_run_with_bad_plugins_succeeds(tmp_path: Path) -> None:
     assert summary["status"] == "succeeded"
     assert summary["plugins"] == {
         "archive": {"handled": 300, "failed": 0},
+        "broken": {
+            "handled": 0,
+            "failed": 0,
+            "error": "failed to load: ModuleNotFoundError: No module named "
+            "'no_such_module'",
+        },
         "deliverability": {"handled": tagged(summary), "failed": 0},
         "flaky": {"handled": 300, "failed": 0},
         "raising": {"handled": 0, "failed": 300},

@@ -44,7 +44,10 @@ def plugins_command(as_json: bool) -> None:
         click.echo("No plugins installed in the processor.handlers group.")
         return
     for row in rows:
-        types = ", ".join(row["event_types"]) if row["event_types"] else "all"
+        if row["status"] != "loaded":
+            types = "-"
+        else:
+            types = ", ".join(row["event_types"]) if row["event_types"] else "all"
         origin = f"{row['distribution'] or '?'} {row['version'] or ''}".strip()
         line = f"{row['name']:<16} {row['status']:<9} {origin:<32} events: {types}"
         if row["error"]:

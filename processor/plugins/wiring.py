@@ -18,14 +18,14 @@ import redis
 
 from processor.config import Settings
 from processor.errors import ConfigurationError
-from processor.plugins.api import Checkpoint
+from processor.plugins.api import Checkpoint, PluginCounts
 from processor.plugins.deadletters import (
     DeadLetterStore,
     FileDeadLetters,
     RedisDeadLetters,
 )
 from processor.plugins.dispatch import Dispatcher, RetryPolicy
-from processor.plugins.loader import Plugin, PluginSelection, load_plugins
+from processor.plugins.loader import FAILED, Plugin, PluginSelection, load_plugins
 
 VARIABLE_PREFIX = "PROCESSOR_PLUGIN_"
 
@@ -98,7 +98,7 @@ def build_dispatcher(
     if plugins is None:
         plugins = load_plugins(selection=selection(settings))
     loaded = [plugin for plugin in plugins if plugin.handler is not None]
-    return Dispatcher(
+    dispatcher = Dispatcher(
         loaded,
         resume=resume,
         configs=plugin_configs(settings, (plugin.name for plugin in loaded)),
@@ -106,3 +106,10 @@ def build_dispatcher(
         retry=RetryPolicy(attempts=settings.plugin_attempts),
         stall_after=settings.plugin_stall_after,
     )
+    # A plugin that failed to load shows in the run's summary with its error.
+    for plugin in plugins:
+        if plugin.status == FAILED and plugin.name not in dispatcher.counts:
+            dispatcher.counts[plugin.name] = PluginCounts(
+                error=f"failed to load: {plugin.error}"
+            )
+    return dispatcher
