@@ -107,9 +107,9 @@ def detect_format(head: bytes, name: str) -> Format:
     """
     text = head.removeprefix(_BOM).lstrip(_WHITESPACE)
     if not text:
-        what = "empty" if not head else "blank"
+        state = "empty" if not head else "blank"
         raise ParseError(
-            f"{name} is {what}; an events export starts with a header row or "
+            f"{name} is {state}; an events export starts with a header row or "
             "a JSON array."
         )
 

@@ -105,8 +105,8 @@ class Handler:
         Called before the first event and then every half second while a
         file is processed, just before the progress is committed. The return
         value (JSON-serialisable, or ``None``) comes back as
-        ``RunInfo.resume`` if the run resumes, so a handler can undo effects
-        after this point, such as by truncating a file, and see each event
+        ``RunInfo.resume`` if the run resumes. A handler that then undoes its
+        effects after this point (the archive truncates its files) sees each event
         exactly once.
         """
         return None

@@ -129,16 +129,16 @@ class FileDeadLetters:
         # The encoding is deterministic, so equal letters have equal lines.
         pending = Counter(_encoder.encode(letter) for letter in letters)
         with self._locked(plugin, "r+b") as file:
-            kept = []
+            remaining = []
             for line in file:
                 body = line.rstrip(b"\n")
                 if pending[body] > 0:
                     pending[body] -= 1
                 elif body:
-                    kept.append(body + b"\n")
+                    remaining.append(body + b"\n")
             file.seek(0)
             file.truncate()
-            file.writelines(kept)
+            file.writelines(remaining)
 
 
 class RedisDeadLetters:

@@ -128,7 +128,7 @@ class Dispatcher:
             self._threads[plugin.name] = thread
             plugin_run = msgspec.structs.replace(run, resume=state, config=config)
             try:
-                thread.call(handler.setup, plugin_run, what="setup")
+                thread.call(handler.setup, plugin_run, call_name="setup")
             except Exception as error:
                 # A ProcessorError (a missing setting, say) explains itself, so
                 # only an unexpected error gets a traceback.
@@ -164,14 +164,14 @@ class Dispatcher:
         self.position += len(events)
 
         for name, event_types in self._broken:
-            wanted = _wanted(events, event_types)
-            self.counts[name].failed += len(wanted)
+            received = _of_types(events, event_types)
+            self.counts[name].failed += len(received)
 
         # Each plugin starts on the batch on its own thread, so plugins work
         # on it at the same time, and the caller parses the next batch.
         for name, handler, event_types in self._active:
             skip = self._skip.get(name, 0) - start
-            pending = _wanted(events[skip:] if skip > 0 else events, event_types)
+            pending = _of_types(events[skip:] if skip > 0 else events, event_types)
             thread = self._threads[name]
             if not pending:
                 continue
@@ -365,7 +365,7 @@ class Dispatcher:
             if thread.stalled is not None:
                 continue
             try:
-                state = thread.call(handler.checkpoint, what="checkpoint")
+                state = thread.call(handler.checkpoint, call_name="checkpoint")
             except PluginStalled as stall:
                 self._stalled(name, [], stall)
                 continue
@@ -404,7 +404,7 @@ class Dispatcher:
                 logger.warning("Plugin %r stalled, so its teardown is skipped.", name)
                 continue
             try:
-                thread.call(handler.teardown, what="teardown")
+                thread.call(handler.teardown, call_name="teardown")
             except PluginStalled as stall:
                 self._stalled(name, [], stall)
             except Exception as error:
@@ -418,7 +418,7 @@ class Dispatcher:
         self._threads.clear()
 
 
-def _wanted(
+def _of_types(
     events: Sequence[Event], event_types: frozenset[str] | None
 ) -> Sequence[Event]:
     if event_types is None:

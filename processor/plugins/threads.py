@@ -93,11 +93,11 @@ class PluginThread:
         self._jobs.put((future, function, args))
         return future
 
-    def wait(self, future: concurrent.futures.Future[T], what: str) -> T:
+    def wait(self, future: concurrent.futures.Future[T], call_name: str) -> T:
         """Return the result of ``future``, raising what the call raised.
 
         Raises ``PluginStalled`` when no event finishes for ``stall_after``
-        seconds; ``what`` names the call in the message.
+        seconds; ``call_name`` names the call in the message.
         """
         seen = self.progress
         deadline = time.monotonic() + self.stall_after
@@ -113,13 +113,13 @@ class PluginThread:
                 deadline = time.monotonic() + self.stall_after
             elif time.monotonic() >= deadline:
                 self.stalled = (
-                    f"stalled: {what} made no progress for {self.stall_after:g} s"
+                    f"stalled: {call_name} made no progress for {self.stall_after:g} s"
                 )
                 raise PluginStalled(self.stalled)
 
-    def call(self, function: Callable[..., T], *args: Any, what: str) -> T:
+    def call(self, function: Callable[..., T], *args: Any, call_name: str) -> T:
         """Run ``function(*args)`` on the plugin's thread and wait for it."""
-        return self.wait(self.start(function, *args), what)
+        return self.wait(self.start(function, *args), call_name)
 
     def close(self) -> None:
         """Let the thread end; a stalled one is left to finish on its own."""
