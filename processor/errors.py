@@ -22,7 +22,10 @@ Every error the processor raises on purpose derives from ``ProcessorError``:
     │   ├── DamagedFile             cut short, or a failed CRC-32 or size check
     │   └── LimitExceeded           too large, too compressed or too many members
     ├── PluginError                 a plugin could not be loaded
-    └── RunStopped                  the run ended elsewhere while it worked
+    ├── RunStopped                  the run ended elsewhere while it worked
+    └── WebhookError                a webhook delivery was not accepted
+        ├── WebhookRejected         a 4xx: bad signature, size or body
+        └── BrokerUnavailable       503: Redis is unreachable; retry later
 
 A single bad row is not an exception: the parser counts it as rejected and
 goes on. No message in this tree contains the API key or a download URL's
@@ -158,3 +161,29 @@ class PluginError(ProcessorError):
 class RunStopped(ProcessorError):
     """The run was marked finished elsewhere, such as by ``processor run``
     on Ctrl-C, while an actor was still working on it."""
+
+
+class WebhookError(ProcessorError):
+    """A webhook delivery was not accepted.
+
+    ``status`` is the HTTP status of the response, and the message is the
+    short reason sent in its body.
+    """
+
+    status: int = 500
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class WebhookRejected(WebhookError):
+    """The delivery is invalid (a 4xx); sending it again cannot help."""
+
+
+class BrokerUnavailable(WebhookError):
+    """Redis is unreachable, so the delivery cannot be recorded (503)."""
+
+    def __init__(self, reason: str = "broker unavailable; retry later") -> None:
+        super().__init__(503, reason)

@@ -8,9 +8,12 @@ import io
 import json
 import logging
 import re
+import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from processor.sandbox.generate import (
     iter_event_rows,
     write_events_csv,
 )
+from processor.webhooks import sign
 
 API_KEY = "sandbox-test-key"
 EVENTS = 40
@@ -574,3 +578,66 @@ def test_generator_email_ids_few() -> None:
 def test_generator_rejects_unknown_column() -> None:
     with pytest.raises(ValueError, match="columns"):
         write_events_csv(io.StringIO(), 1, 1, columns=["nope"])
+
+
+def test_ready_after_sends_signed_webhook() -> None:
+    received: list[tuple[bytes, str]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, self.headers["X-Buttondown-Signature"]))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with (
+            SandboxServer(
+                events=5, ready_after=0.2, webhook_url=url, webhook_key="key"
+            ) as server,
+            httpx.Client(
+                base_url=server.api_url, headers={"Authorization": "Token k"}
+            ) as api,
+        ):
+            export = api.post("/exports", json={"collections": ["events"]}).json()
+            status_at_once = api.get(f"/exports/{export['id']}").json()["status"]
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status_later = api.get(f"/exports/{export['id']}").json()["status"]
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+    assert status_at_once in ("not_started", "in_progress")
+    assert status_later == "ready"
+    assert len(received) == 1
+    body, signature = received[0]
+    delivery = json.loads(body)
+    assert delivery["event_type"] == "export.completed"
+    assert delivery["data"]["export_id"] == export["id"]
+    assert delivery["id"].startswith("ext_evt_")
+    assert signature == sign(body, "key")
+
+
+@pytest.mark.parametrize(
+    ("url", "ready_after", "key", "message"),
+    [
+        ("http://10.0.0.1/hook", 1.0, "k", "loopback"),
+        ("https://127.0.0.1/hook", 1.0, "k", "loopback"),
+        ("http://127.0.0.1/hook", None, "k", "ready_after"),
+        ("http://127.0.0.1/hook", 1.0, None, "webhook_key"),
+    ],
+)
+def test_webhook_options_checked(
+    url: str, ready_after: float | None, key: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        SandboxServer(webhook_url=url, ready_after=ready_after, webhook_key=key)

@@ -45,12 +45,34 @@ from processor.sandbox.faults import FAULTS
     default=None,
     help="Accept only this API key. [default: any non-empty key]",
 )
+@click.option(
+    "--ready-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds after creation when an export turns ready, whatever the "
+    "retrieves; replaces --polls-to-ready.",
+)
+@click.option(
+    "--webhook-url",
+    default=None,
+    help="Loopback URL to POST a signed export.completed delivery to when an "
+    "export turns ready; needs --ready-after.",
+)
+@click.option(
+    "--webhook-key",
+    envvar="BUTTONDOWN_WEBHOOK_SIGNING_KEY",
+    default=None,
+    help="Signing key of the deliveries. [default: BUTTONDOWN_WEBHOOK_SIGNING_KEY]",
+)
 def sandbox(
     port: int,
     events: int,
     polls_to_ready: int,
     faults: tuple[str, ...],
     api_key: str | None,
+    ready_after: float | None,
+    webhook_url: str | None,
+    webhook_key: str | None,
 ) -> None:
     """Serve a Buttondown-compatible Exports API on 127.0.0.1."""
     from processor.sandbox import SandboxServer
@@ -62,6 +84,9 @@ def sandbox(
             polls_to_ready=polls_to_ready,
             api_key=api_key,
             faults=expand_faults(faults),
+            ready_after=ready_after,
+            webhook_url=webhook_url,
+            webhook_key=webhook_key,
         )
     except OSError as error:
         raise click.ClickException(
@@ -75,6 +100,10 @@ def sandbox(
         f"Sandbox Exports API at {server.api_url} ({events:,} events per export)."
     )
     click.echo(f"Point the processor at it with BUTTONDOWN_API_URL={server.api_url}")
+    if webhook_url:
+        click.echo(
+            f"Exports turn ready after {ready_after:g} s and notify {webhook_url}"
+        )
 
     # SIGTERM (from a process manager) stops the server like Ctrl-C, so its
     # generated files are removed.

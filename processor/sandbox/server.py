@@ -21,6 +21,11 @@ export created (n counts from 1) and limited to ``columns`` when given.
 Every other collection gets an empty table: a CSV with the single header
 ``id``, or ``[]`` in JSON. The list endpoint returns the newest export first.
 
+With ``ready_after`` set, an export turns ready that many seconds after it
+is created, whatever the retrieves. With ``webhook_url`` set too, the
+sandbox then POSTs a signed ``export.completed`` delivery there, as
+``notify`` describes.
+
 Differences from the real API: ``parameters`` is stored and returned but
 filters nothing. The X-RateLimit headers count requests, but the sandbox
 never responds with 429, and download URLs never expire, unless the faults
@@ -43,6 +48,7 @@ from typing import Self
 from processor.sandbox.api import ExportApi
 from processor.sandbox.faults import FaultInjector
 from processor.sandbox.handler import SandboxHTTPServer
+from processor.sandbox.notify import WebhookNotifier
 from processor.sandbox.presign import UrlSigner
 from processor.sandbox.store import ExportStore
 
@@ -78,9 +84,13 @@ class SandboxServer:
         seed: int = 0,
         faults: Collection[str] = (),
         slow_seconds: float = 3.0,
+        ready_after: float | None = None,
+        webhook_url: str | None = None,
+        webhook_key: str | None = None,
     ) -> None:
         host = _loopback_host(host)
         _check_settings(events, polls_to_ready, page_size, api_key)
+        notifier = _notifier(ready_after, webhook_url, webhook_key)
         injector = FaultInjector(faults, slow_seconds=slow_seconds)
 
         self._httpd = SandboxHTTPServer(host, port)
@@ -99,7 +109,10 @@ class SandboxServer:
             polls_to_ready=polls_to_ready,
             data_dir=data_dir,
             download_url=self._httpd.signer.sign,
+            ready_after=ready_after,
+            on_finished=notifier.export_finished if notifier else None,
         )
+        self._store = store
         self._httpd.api = ExportApi(
             store, api_key=api_key, page_size=page_size, api_url=self.api_url
         )
@@ -171,6 +184,7 @@ class SandboxServer:
             return
         self._stopped = True
         self._httpd.faults.stopping.set()
+        self._store.cancel_timers()
 
         if self._thread is not None:
             self._httpd.shutdown()
@@ -224,6 +238,21 @@ def _loopback_host(host: str) -> str:
             "only on loopback, such as 127.0.0.1 or ::1"
         )
     return host
+
+
+def _notifier(
+    ready_after: float | None, url: str | None, key: str | None
+) -> WebhookNotifier | None:
+    if ready_after is not None and ready_after < 0:
+        raise ValueError(f"ready_after must be 0 or more, not {ready_after}")
+    if url is None:
+        return None
+    if ready_after is None or not key:
+        raise ValueError(
+            "webhook_url needs ready_after, the seconds until an export turns "
+            "ready, and webhook_key, the signing key"
+        )
+    return WebhookNotifier(url, key)
 
 
 def _check_settings(

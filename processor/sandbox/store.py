@@ -2,7 +2,10 @@
 
 An export moves one status per retrieve: ``not_started`` when created,
 ``in_progress`` after the first retrieve and ``ready`` at retrieve number
-``polls_to_ready`` (at creation when that is 0). When it turns ready, the
+``polls_to_ready`` (at creation when that is 0). With ``ready_after`` set,
+an export turns ready that many seconds after creation instead, whatever
+the retrieves, and ``on_finished`` is called with it, as Buttondown sends
+its ``export.completed`` webhook. When it turns ready, the
 store writes ``<data_dir>/<export id>.zip`` with ``write_export``, seeded
 with ``seed * 1_000_000 + n`` for the n-th export created (n counts from 1).
 If the file cannot be written, the status becomes ``error``.
@@ -68,8 +71,13 @@ class ExportStore:
         polls_to_ready: int,
         data_dir: Path,
         download_url: Callable[[str], str],
+        ready_after: float | None = None,
+        on_finished: Callable[[Export], None] | None = None,
     ) -> None:
         self.events = events
+        self.ready_after = ready_after
+        self.on_finished = on_finished
+        self._timers: list[threading.Timer] = []
         self.seed = seed
         self.polls_to_ready = polls_to_ready
         self.data_dir = data_dir
@@ -94,9 +102,22 @@ class ExportStore:
             self._records[export.id] = record
         logger.info("Created export %s of %s.", export.id, export.collections)
 
-        if self.polls_to_ready == 0:
+        if self.ready_after is not None:
+            timer = threading.Timer(self.ready_after, self._finish, args=(record,))
+            timer.daemon = True
+            with self._lock:
+                self._timers.append(timer)
+            timer.start()
+        elif self.polls_to_ready == 0:
             self._make_ready(record)
         return self._snapshot(record)
+
+    def cancel_timers(self) -> None:
+        """Stop the timers of exports that have not turned ready yet."""
+        with self._lock:
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
 
     def retrieve(self, export_id: str) -> Export | None:
         """Advance the export's status by one step and return it, or None."""
@@ -106,7 +127,7 @@ class ExportStore:
                 return None
 
             record.retrieves += 1
-            due = record.retrieves >= self.polls_to_ready
+            due = self.ready_after is None and record.retrieves >= self.polls_to_ready
             if not due and record.export.status == "not_started":
                 record.export.status = "in_progress"
 
@@ -137,6 +158,11 @@ class ExportStore:
     def _snapshot(self, record: _Record) -> Export:
         with self._lock:
             return msgspec.structs.replace(record.export)
+
+    def _finish(self, record: _Record) -> None:
+        self._make_ready(record)
+        if self.on_finished is not None:
+            self.on_finished(self._snapshot(record))
 
     def _make_ready(self, record: _Record) -> None:
         # The file lock makes concurrent retrieves write the file once, while
