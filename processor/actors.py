@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import redis
 
 from processor import state
 from processor.api import ExportsClient
@@ -96,16 +97,28 @@ class PipelineActors(StepBase):
             max_retries=3,
         )(self._retries_exhausted)
 
-    def start_run(self, parameters: dict[str, Any] | None = None) -> Run:
+    def start_run(
+        self,
+        parameters: dict[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        started_by: str | None = None,
+    ) -> Run:
         """Record a new run and enqueue its trigger message.
 
         While a run for the same newsletter, collection and parameters is
-        unfinished, that run is returned instead and nothing is enqueued.
+        unfinished, that run is returned instead and nothing is enqueued. So
+        is a run that already has the id ``run_id``, which makes a retried
+        call with the same ``run_id`` start one run at most.
         """
         key = state.flight_key(self.settings.newsletter_id, "events", parameters)
-        candidate = Run(run_id=state.new_run_id(), parameters=parameters)
+        candidate = Run(
+            run_id=run_id or state.new_run_id(),
+            parameters=parameters,
+            started_by=started_by,
+        )
         run = self.store.create_single(candidate, key)
-        if run.run_id != candidate.run_id:
+        if run is not candidate:
             logger.info(
                 "Run %s is already in flight for the same export; not starting "
                 "another.",
@@ -160,10 +173,25 @@ class PipelineActors(StepBase):
                 export.status,
             )
             self._send_poll(run_id, token, 0)
+            self._link_export(run_id, export.id)
         except BaseException:
             # An unexpected error leaves the lease free for the retry.
             self._release_quietly(run_id, token)
             raise
+
+    def _link_export(self, run_id: str, export_id: str) -> None:
+        # The link lets an export.completed webhook find the run; without it
+        # the poll chain still finishes the run, only later.
+        try:
+            self.store.link_export(export_id, run_id)
+        except redis.RedisError as error:
+            logger.warning(
+                "Run %s: linking export %s to the run failed (%s); webhooks "
+                "about the export will not find the run.",
+                run_id,
+                export_id,
+                error,
+            )
 
     def _poll(self, run_id: str, attempt: int) -> None:
         def resend(delay: float) -> None:

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from types import TracebackType
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from processor.actors import PipelineActors
 from processor.config import Settings
-from processor.state import Run, RunStore, store_for
+from processor.state import RedisRunStore, Run, RunStore, store_for
+from processor.webhooks.actors import WebhookActors
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +34,40 @@ EMBEDDED_STOP_TIMEOUT_MS = 10_000
 
 
 class App:
-    """The broker, store and actors built from one ``Settings``."""
+    """The broker, store and actors built from one ``Settings``.
 
-    def __init__(self, settings: Settings) -> None:
+    On Redis, ``redis_timeout`` bounds each Redis command in seconds, so a
+    process that must answer quickly, such as the web server, fails fast
+    while Redis is unreachable. Workers leave it unset.
+    """
+
+    def __init__(self, settings: Settings, redis_timeout: float | None = None) -> None:
         self.settings = settings
         self.embedded = settings.redis_url is None
 
         self.broker: dramatiq.Broker
+        self.redis: redis.Redis | None = None
+        self.store: RunStore
         if settings.redis_url is None:
             self.broker = StubBroker()
+            self.store = store_for(settings)
         else:
-            self.broker = RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
-        self.store: RunStore = store_for(settings)
+            self.redis = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=redis_timeout,
+                socket_connect_timeout=redis_timeout,
+            )
+            self.broker = RedisBroker(client=self.redis)  # type: ignore[no-untyped-call]
+            self.store = RedisRunStore(self.redis)
 
         dramatiq.set_broker(self.broker)
         self.actors = PipelineActors(self.broker, settings, self.store)
+        # Webhook deliveries need Redis to record their ids and slots.
+        self.webhooks: WebhookActors | None = None
+        if self.redis is not None:
+            self.webhooks = WebhookActors(
+                self.broker, settings, self.store, self.actors, self.redis
+            )
         self._worker: dramatiq.Worker | None = None
 
     def __enter__(self) -> App:

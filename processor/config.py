@@ -25,6 +25,16 @@ DEFAULT_API_URL = "https://api.buttondown.com/v1"
 # overflow datetime arithmetic and are typing mistakes in practice.
 MAX_SECONDS = 365 * 24 * 3600
 
+# Runs after an email is sent: opens and clicks keep arriving for days.
+DEFAULT_WEBHOOK_RUN_DELAYS = (3600.0, 86400.0, 3 * 86400.0)
+
+# Buttondown retries a failed delivery up to 5 times about 5 minutes apart,
+# so a delivery id can come back for about 25 minutes. The dedupe window must
+# outlast that span.
+MIN_DEDUPE_WINDOW = 1800.0
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -55,6 +65,10 @@ class Settings:
     plugin_attempts: int = 4
     plugin_stall_after: float = 60.0
     plugin_config_file: Path | None = None
+    webhook_signing_key: str | None = None
+    webhook_run_delays: tuple[float, ...] = DEFAULT_WEBHOOK_RUN_DELAYS
+    webhook_coalesce_window: float = 600.0
+    webhook_dedupe_window: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +103,14 @@ class Settings:
             plugin_attempts=_count(env, "PROCESSOR_PLUGIN_RETRIES", 4, minimum=1),
             plugin_stall_after=_seconds(env, "PROCESSOR_PLUGIN_TIMEOUT", 60.0),
             plugin_config_file=_config_file(env),
+            webhook_signing_key=_optional(env, "BUTTONDOWN_WEBHOOK_SIGNING_KEY"),
+            webhook_run_delays=_durations(
+                env, "PROCESSOR_WEBHOOK_RUN_DELAYS", DEFAULT_WEBHOOK_RUN_DELAYS
+            ),
+            webhook_coalesce_window=_seconds(
+                env, "PROCESSOR_WEBHOOK_COALESCE_WINDOW", 600.0
+            ),
+            webhook_dedupe_window=_dedupe_window(env),
         )
 
         _check_order(
@@ -183,6 +205,47 @@ def _config_file(env: Mapping[str, str]) -> Path | None:
             "at a TOML file with one [plugins.NAME] table per plugin, or unset it."
         )
     return path
+
+
+def _durations(
+    env: Mapping[str, str], name: str, default: tuple[float, ...]
+) -> tuple[float, ...]:
+    """Read a comma-separated list of durations such as ``1h,1d,3d``."""
+    value = _optional(env, name)
+    if value is None:
+        return default
+
+    durations = set()
+    for part in value.split(","):
+        text = part.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:], 0)
+        number = text[:-1] if unit else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} has {part.strip()!r}, which is not a duration; list "
+                "durations such as 1h,1d,3d (units s, m, h and d; a bare "
+                "number is seconds)."
+            ) from None
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ConfigurationError(
+                f"{name} has {part.strip()!r}; each duration must be above 0 "
+                "and at most 365d, such as 1h,1d,3d."
+            )
+        durations.add(seconds)
+    return tuple(sorted(durations))
+
+
+def _dedupe_window(env: Mapping[str, str]) -> float:
+    seconds = _seconds(env, "PROCESSOR_WEBHOOK_DEDUPE_WINDOW", 86400.0)
+    if seconds < MIN_DEDUPE_WINDOW:
+        raise ConfigurationError(
+            f"PROCESSOR_WEBHOOK_DEDUPE_WINDOW is {seconds:g} seconds, shorter "
+            "than the 25 minutes over which Buttondown retries a delivery; set "
+            f"it to {MIN_DEDUPE_WINDOW:g} or more, such as 86400 (a day)."
+        )
+    return seconds
 
 
 def _check_order(low_name: str, low: float, high_name: str, high: float) -> None:

@@ -30,6 +30,8 @@ def summary_fields(run: Run) -> dict[str, Any]:
             for name, counts in sorted(run.plugins.items())
         },
         "error": run.error if run.status == "failed" else None,
+        "started_by": run.started_by,
+        "polls": run.polls,
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
@@ -101,6 +103,8 @@ def record_text(run: Run) -> str:
         f"  attempts   {run.polls} polls, {run.retries} retries in a row, "
         f"{run.redrives} watchdog re-drives"
     )
+    if run.started_by:
+        lines.append(f"  started by {run.started_by}")
     lines.append(f"  created    {run.created_at.isoformat(timespec='seconds')}")
     lines.append(f"  updated    {run.updated_at.isoformat(timespec='seconds')}")
     if run.error and run.status != "failed":

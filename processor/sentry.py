@@ -22,7 +22,8 @@ def init_sentry(settings: Settings) -> bool:
     if not settings.sentry_dsn:
         return False
 
-    secrets = tuple(value for value in (settings.api_key,) if value)
+    known = (settings.api_key, settings.webhook_signing_key)
+    secrets = tuple(value for value in known if value)
 
     def before_send(event: Any, hint: Any) -> Any:
         return scrub(event, secrets)

@@ -45,6 +45,13 @@ FINISHED_STATUSES = frozenset({SUCCEEDED, FAILED})
 # counts as abandoned, and a second trigger then starts another run.
 ABANDONED_AFTER = timedelta(minutes=15)
 
+# How long Redis keeps the link from an export id to its run: a week, which
+# outlasts every wait on an export unless PROCESSOR_POLL_DEADLINE is raised
+# past it.
+EXPORT_LINK_SECONDS = 7 * 24 * 3600
+# Runs the file store searches, newest first, for the one with an export id.
+EXPORT_SEARCH_LIMIT = 1000
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -83,6 +90,8 @@ class Run(msgspec.Struct, kw_only=True):
     plugins: dict[str, PluginCounts] = msgspec.field(default_factory=dict)
     checkpoints: dict[str, Checkpoint] = msgspec.field(default_factory=dict)
     error: str | None = None
+    # What started the run, such as a command or a webhook delivery.
+    started_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -166,11 +175,21 @@ class RunStore(Protocol):
     def create_single(self, run: Run, key: str) -> Run:
         """Create ``run`` unless an unfinished run owns ``key``.
 
-        Returns the run that owns ``key`` afterwards.
+        Returns ``run`` itself when it was created, or else the run that
+        owns ``key``. When a run with the id of ``run`` exists already, that
+        run is returned and nothing changes.
         """
         ...
 
     def get(self, run_id: str) -> Run | None: ...
+
+    def link_export(self, export_id: str, run_id: str) -> None:
+        """Record that run ``run_id`` waits on export ``export_id``."""
+        ...
+
+    def run_for_export(self, export_id: str) -> Run | None:
+        """Return the run that requested export ``export_id``, or None."""
+        ...
 
     def update(self, run_id: str, change: Callable[[Run], None]) -> Run: ...
 
@@ -203,6 +222,10 @@ class FileRunStore:
     def create_single(self, run: Run, key: str) -> Run:
         flights = self.directory / ".flights.json"
         with self._locked(run.run_id):
+            same_id = self.get(run.run_id)
+            if same_id is not None:
+                return same_id
+
             owners = (
                 _flight_decoder.decode(flights.read_bytes()) if flights.exists() else {}
             )
@@ -233,6 +256,16 @@ class FileRunStore:
             run.updated_at = utc_now()
             self._write(run)
         return run
+
+    def link_export(self, export_id: str, run_id: str) -> None:
+        # run_for_export reads the export ids of the run files themselves.
+        pass
+
+    def run_for_export(self, export_id: str) -> Run | None:
+        for run in self.recent(EXPORT_SEARCH_LIMIT):
+            if run.export_id == export_id:
+                return run
+        return None
 
     def recent(self, limit: int = 20) -> list[Run]:
         paths = sorted(self.directory.glob("run_*.json"), reverse=True)
@@ -266,6 +299,7 @@ class RedisRunStore:
     KEY_PREFIX = "processor:run:"
     INDEX_KEY = "processor:runs"
     FLIGHT_PREFIX = "processor:flight:"
+    EXPORT_PREFIX = "processor:export:"
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -281,6 +315,11 @@ class RedisRunStore:
         result: list[Run] = []
 
         def apply(pipe: Any) -> None:
+            same_id = pipe.get(self._key(run.run_id))
+            if same_id is not None:
+                result.append(_decoder.decode(same_id))
+                return
+
             owner = pipe.get(flight)
             raw = pipe.get(self._key(_text(owner))) if owner is not None else None
             existing = _decoder.decode(raw) if raw is not None else None
@@ -296,7 +335,7 @@ class RedisRunStore:
 
         # WATCH on the flight key makes two triggers at once serialize: the
         # second one's transaction fails, is retried, and finds the first run.
-        self.client.transaction(apply, flight)
+        self.client.transaction(apply, flight, self._key(run.run_id))
         return result[-1]
 
     def get(self, run_id: str) -> Run | None:
@@ -322,6 +361,17 @@ class RedisRunStore:
 
         self.client.transaction(apply, key)
         return updated[-1]
+
+    def link_export(self, export_id: str, run_id: str) -> None:
+        self.client.set(
+            f"{self.EXPORT_PREFIX}{export_id}", run_id, ex=EXPORT_LINK_SECONDS
+        )
+
+    def run_for_export(self, export_id: str) -> Run | None:
+        run_id = self.client.get(f"{self.EXPORT_PREFIX}{export_id}")
+        if run_id is None:
+            return None
+        return self.get(_text(cast(bytes, run_id)))
 
     def recent(self, limit: int = 20) -> list[Run]:
         run_ids = cast(list[bytes], self.client.zrevrange(self.INDEX_KEY, 0, limit - 1))

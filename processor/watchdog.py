@@ -20,6 +20,7 @@ from datetime import timedelta
 from processor import state
 from processor.actors import PipelineActors
 from processor.state import Run, RunStore
+from processor.webhooks.actors import WebhookActors
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +78,18 @@ def _redrive(store: RunStore, actors: PipelineActors, run: Run) -> None:
         actors.poll.send(run.run_id, run.poll_attempt)
     elif run.status == state.PROCESSING:
         actors.process.send(run.run_id)
+
+
+def sweep_slots(webhooks: WebhookActors, grace: float) -> list[str]:
+    """Send the fire message again for every slot overdue by ``grace`` seconds.
+
+    A slot fires once, whatever the number of fire messages, so a copy for a
+    slot whose message is only late does no harm.
+    """
+    overdue = webhooks.schedule.overdue(grace)
+    for slot_id in overdue:
+        logger.warning(
+            "Scheduled run of slot %s is overdue; sending it again.", slot_id
+        )
+        webhooks.send_fire(slot_id, 0)
+    return overdue

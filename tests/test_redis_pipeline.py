@@ -37,10 +37,10 @@ def procfile_command(process: str) -> list[str]:
     raise AssertionError(f"the Procfile has no {process!r} process")
 
 
-@pytest.fixture
-def worker_env(
-    redis_url: str, sandbox: SandboxServer, tmp_path: Path
-) -> dict[str, str]:
+def process_env(redis_url: str, tmp_path: Path, **variables: str) -> dict[str, str]:
+    """Return this process's environment without the processor's variables,
+    plus the Redis URL, state directories under ``tmp_path`` and ``variables``.
+    """
     env = {
         key: value
         for key, value in os.environ.items()
@@ -49,14 +49,25 @@ def worker_env(
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         REDIS_URL=redis_url,
-        BUTTONDOWN_API_URL=sandbox.api_url,
         BUTTONDOWN_API_KEY="test-key",
         PROCESSOR_STATE_DIR=str(tmp_path / "state"),
         PROCESSOR_ARCHIVE_DIR=str(tmp_path / "archive"),
+        **variables,
+    )
+    return env
+
+
+@pytest.fixture
+def worker_env(
+    redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> dict[str, str]:
+    return process_env(
+        redis_url,
+        tmp_path,
+        BUTTONDOWN_API_URL=sandbox.api_url,
         PROCESSOR_POLL_MIN_DELAY="0.1",
         PROCESSOR_POLL_MAX_DELAY="0.5",
     )
-    return env
 
 
 @contextlib.contextmanager

@@ -184,3 +184,28 @@ def test_flight_key_ignores_parameter_order() -> None:
 
     assert first == second
     assert flight_key("nl_2", "events", {"a": 1, "b": 2}) != first
+
+
+def test_create_single_keeps_existing_id(store: RunStore) -> None:
+    first = Run(run_id=new_run_id(), started_by="first")
+    store.create_single(first, flight_key(None, "events", None))
+    store.update(first.run_id, lambda run: run.succeed())
+
+    again = store.create_single(
+        Run(run_id=first.run_id, started_by="second"), flight_key(None, "events", None)
+    )
+
+    assert again.started_by == "first"
+    assert again.status == SUCCEEDED
+
+
+def test_run_for_export_finds_linked_run(store: RunStore) -> None:
+    run = Run(run_id=new_run_id(), export_id="exp_linked")
+    store.create(run)
+    store.link_export("exp_linked", run.run_id)
+
+    found = store.run_for_export("exp_linked")
+
+    assert found is not None
+    assert found.run_id == run.run_id
+    assert store.run_for_export("exp_other") is None

@@ -2,7 +2,7 @@
 
 Each command lives in the submodule for its area: ``pipeline`` (run,
 replay), ``workers`` (trigger, worker), ``runs`` (run records), ``plugins``
-(plugins, dead-letters) and ``sandbox``.
+(plugins, dead-letters), ``web`` (web, webhooks) and ``sandbox``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,6 @@ def cli(log_level: str | None) -> None:
 
 
 # The submodules register their commands on `cli` when imported.
-from processor.cli import pipeline, plugins, runs, sandbox, workers  # noqa: E402
+from processor.cli import pipeline, plugins, runs, sandbox, web, workers  # noqa: E402
 
-__all__ = ["cli", "main", "pipeline", "plugins", "runs", "sandbox", "workers"]
+__all__ = ["cli", "main", "pipeline", "plugins", "runs", "sandbox", "web", "workers"]

@@ -92,7 +92,7 @@ def run(
         with App(settings) as app:
             if app.embedded:
                 app.start_embedded_worker()
-            started = app.actors.start_run()
+            started = app.actors.start_run(started_by="processor run")
             limit = timeout or settings.poll_deadline + 3600
             finished, exit_code = _wait(app, started.run_id, limit)
 
@@ -246,7 +246,9 @@ def replay(file: Path, as_json: bool) -> None:
 
     settings = Settings.from_env()
     store = FileRunStore(settings.state_dir / "runs")
-    run = Run(run_id=new_run_id(), status="processing")
+    run = Run(
+        run_id=new_run_id(), status="processing", started_by=f"processor replay {file}"
+    )
     store.create(run)
 
     progress = Progress()

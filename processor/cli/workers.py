@@ -15,7 +15,7 @@ from processor.app import App
 from processor.cli import cli
 from processor.config import Settings
 from processor.errors import ConfigurationError
-from processor.watchdog import sweep
+from processor.watchdog import sweep, sweep_slots
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def trigger(as_json: bool) -> None:
     settings = _redis_settings("trigger")
 
     with App(settings) as app:
-        run = app.actors.start_run()
+        run = app.actors.start_run(started_by="processor trigger")
 
     if as_json:
         click.echo(msgspec.json.encode({"run_id": run.run_id}).decode())
@@ -93,13 +93,18 @@ def worker(processes: int, threads: int) -> None:
 )
 @click.option("--once", is_flag=True, help="Sweep once and exit.")
 def watchdog(interval: float, once: bool) -> None:
-    """Drive again, or fail, runs stuck past PROCESSOR_STUCK_AFTER seconds."""
+    """Drive again, or fail, runs stuck past PROCESSOR_STUCK_AFTER seconds.
+
+    Scheduled runs overdue by that long get their start message again too.
+    """
     settings = _redis_settings("watchdog")
 
     with App(settings) as app:
         while True:
             try:
                 stuck = sweep(app.store, app.actors, settings.stuck_after)
+                assert app.webhooks is not None
+                sweep_slots(app.webhooks, settings.stuck_after)
             except redis.RedisError as error:
                 if once:
                     raise

@@ -1,0 +1,207 @@
+"""The ASGI application behind ``processor web``.
+
+Routes:
+
+    POST /webhooks/buttondown   receive one delivery (``Receiver.receive``)
+    GET  /healthz               200 while Redis answers, else 503
+
+The body is read here, up to ``MAX_BODY_BYTES``; everything else runs in a
+worker thread, so hashing or decoding a large body never stalls other
+requests. Each delivery gets one log line with its id, type, outcome,
+status and duration, and never the signing key or the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from processor.errors import WebhookError, WebhookRejected
+from processor.webhooks.receiver import Receipt, Receiver
+from processor.webhooks.signature import SIGNATURE_HEADER
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/buttondown"
+HEALTH_PATH = "/healthz"
+
+# Buttondown sends payloads of up to 10 MB; 10 MiB leaves room for all of them.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+# Seconds a client has to send the whole body.
+BODY_TIMEOUT = 30.0
+# Seconds after which Buttondown may send a delivery again after a 503.
+RETRY_AFTER_SECONDS = 60
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_SIGNATURE_NAME = SIGNATURE_HEADER.lower().encode()
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the body was complete."""
+
+
+class WebhookApp:
+    """ASGI application that receives Buttondown's webhook deliveries."""
+
+    def __init__(self, receiver: Receiver, max_body: int = MAX_BODY_BYTES) -> None:
+        self.receiver = receiver
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+
+        path, method = scope["path"], scope["method"]
+        if path == WEBHOOK_PATH:
+            if method != "POST":
+                await _respond(send, 405, {"error": "use POST"}, allow="POST")
+                return
+            await self._deliver(scope, receive, send)
+        elif path == HEALTH_PATH:
+            if method not in ("GET", "HEAD"):
+                await _respond(send, 405, {"error": "use GET"}, allow="GET, HEAD")
+                return
+            await self._health(send)
+        else:
+            await _respond(send, 404, {"error": "not found"})
+
+    async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(scope, receive)
+            signature = _signature_header(scope)
+            receipt = await asyncio.to_thread(self.receiver.receive, body, signature)
+        except ClientDisconnected:
+            _log(Receipt(499, "disconnected"), started)
+            return
+        except WebhookError as error:
+            outcome = "unavailable" if error.status == 503 else "rejected"
+            receipt = Receipt(error.status, outcome, reason=error.reason)
+            if outcome == "rejected":
+                await asyncio.to_thread(self.receiver.count, outcome)
+        except Exception:
+            logger.exception("Webhook delivery failed with an unexpected error.")
+            receipt = Receipt(500, "error", reason="internal error")
+
+        _log(receipt, started)
+        await _respond(
+            send, receipt.status, _response_body(receipt), **_headers(receipt)
+        )
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body:
+            raise _too_large(self.max_body)
+
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        deadline = time.monotonic() + BODY_TIMEOUT
+        while more:
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0))
+            except TimeoutError:
+                raise WebhookRejected(
+                    408, f"body not received within {BODY_TIMEOUT:g} seconds"
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _too_large(self.max_body)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _health(self, send: Send) -> None:
+        if await asyncio.to_thread(self.receiver.healthy):
+            await _respond(send, 200, {"status": "ok"})
+        else:
+            await _respond(
+                send, 503, {"status": "unavailable", "error": "Redis is unreachable"}
+            )
+
+
+def _signature_header(scope: Scope) -> bytes | None:
+    values = [value for name, value in scope["headers"] if name == _SIGNATURE_NAME]
+    if len(values) > 1:
+        raise WebhookRejected(401, f"more than one {SIGNATURE_HEADER} header")
+    return values[0] if values else None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise WebhookRejected(400, "invalid Content-Length") from None
+    return None
+
+
+def _too_large(limit: int) -> WebhookRejected:
+    return WebhookRejected(413, f"body larger than {limit:,} bytes")
+
+
+def _response_body(receipt: Receipt) -> dict[str, Any]:
+    if receipt.status >= 400:
+        return {"error": receipt.reason}
+    body: dict[str, Any] = {"status": receipt.outcome, "id": receipt.delivery_id}
+    if receipt.reason:
+        body["reason"] = receipt.reason
+    return body
+
+
+def _headers(receipt: Receipt) -> dict[str, str]:
+    if receipt.status == 503:
+        return {"retry_after": str(RETRY_AFTER_SECONDS)}
+    if receipt.status == 413:
+        # The rest of the body is not read, so the connection cannot be reused.
+        return {"connection": "close"}
+    return {}
+
+
+def _log(receipt: Receipt, started: float) -> None:
+    milliseconds = (time.perf_counter() - started) * 1000
+    fields = {
+        "delivery_id": receipt.delivery_id or "-",
+        "event_type": receipt.event_type or "-",
+        "outcome": receipt.outcome,
+        "status": receipt.status,
+        "duration_ms": round(milliseconds, 1),
+    }
+    text = " ".join(f"{name}={value}" for name, value in fields.items())
+    if receipt.reason:
+        text += f' reason="{receipt.reason}"'
+    level = logging.WARNING if receipt.status >= 400 else logging.INFO
+    logger.log(level, "Webhook delivery: %s", text, extra={"webhook": fields})
+
+
+async def _respond(
+    send: Send, status: int, body: dict[str, Any], **headers: str
+) -> None:
+    payload = msgspec.json.encode(body)
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    raw_headers += [
+        (name.replace("_", "-").encode(), value.encode())
+        for name, value in headers.items()
+    ]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": raw_headers}
+    )
+    await send({"type": "http.response.body", "body": payload})
