@@ -103,7 +103,7 @@ class Settings:
             plugin_attempts=_count(env, "PROCESSOR_PLUGIN_RETRIES", 4, minimum=1),
             plugin_stall_after=_seconds(env, "PROCESSOR_PLUGIN_TIMEOUT", 60.0),
             plugin_config_file=_config_file(env),
-            webhook_signing_key=_optional(env, "BUTTONDOWN_WEBHOOK_SIGNING_KEY"),
+            webhook_signing_key=_signing_key(env),
             webhook_run_delays=_durations(
                 env, "PROCESSOR_WEBHOOK_RUN_DELAYS", DEFAULT_WEBHOOK_RUN_DELAYS
             ),
@@ -235,6 +235,26 @@ def _durations(
             )
         durations.add(seconds)
     return tuple(sorted(durations))
+
+
+def _signing_key(env: Mapping[str, str]) -> str | None:
+    value = _optional(env, "BUTTONDOWN_WEBHOOK_SIGNING_KEY")
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        usable = False
+    else:
+        usable = value.isprintable()
+    if not usable:
+        # The key is secret, so its value is not shown.
+        raise ConfigurationError(
+            "BUTTONDOWN_WEBHOOK_SIGNING_KEY contains a control character or "
+            "bytes that are not UTF-8; copy the signing key from the webhook's "
+            "settings in Buttondown again, without stray characters."
+        )
+    return value
 
 
 def _dedupe_window(env: Mapping[str, str]) -> float:

@@ -171,6 +171,9 @@ class WebhookError(ProcessorError):
     """
 
     status: int = 500
+    # The delivery's id and type, when the body was read before the failure.
+    delivery_id: str | None = None
+    event_type: str | None = None
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)

@@ -7,6 +7,8 @@ it replaces the API key and the credentials of presigned download URLs with
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 import sentry_sdk
@@ -23,7 +25,7 @@ def init_sentry(settings: Settings) -> bool:
         return False
 
     known = (settings.api_key, settings.webhook_signing_key)
-    secrets = tuple(value for value in known if value)
+    secrets = secret_forms(value for value in known if value)
 
     def before_send(event: Any, hint: Any) -> Any:
         return scrub(event, secrets)
@@ -40,6 +42,21 @@ def init_sentry(settings: Settings) -> bool:
         before_breadcrumb=before_breadcrumb,
     )
     return True
+
+
+def secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    """Return each secret as written and as ``repr`` and JSON escape it.
+
+    Sentry sends local variables as their ``repr``, so a key with a
+    backslash or a quote appears escaped and must be filtered in that form.
+    """
+    forms: list[str] = []
+    for secret in secrets:
+        for form in (secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]):
+            if form not in forms:
+                forms.append(form)
+    # The longest form first, so a shorter one never splits a longer match.
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def scrub(value: Any, secrets: tuple[str, ...]) -> Any:

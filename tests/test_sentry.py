@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from processor.config import Settings
 from processor.redact import FILTERED
-from processor.sentry import init_sentry, scrub
+from processor.sentry import init_sentry, scrub, secret_forms
 
 API_KEY = "bd-secret-key-0123456789"
 PRESIGNED = "https://bucket.example/export.zip?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
@@ -113,3 +114,14 @@ def test_failed_fault_run_reports_without_secrets(
     for text in (sent, output):
         assert API_KEY not in text
         assert re.search(r"X-Amz-(Signature|Credential)=(?!\[Filtered\])", text) is None
+
+
+def test_escaped_secrets_scrubbed() -> None:
+    key = "whsec_back\\slash'quote\"end"
+    frame_vars = {"settings": f"Settings(webhook_signing_key={key!r})"}
+    payload = {"vars": frame_vars, "json": json.dumps({"key": key})}
+
+    scrubbed = scrub(payload, secret_forms([key]))
+
+    assert "slash" not in json.dumps(scrubbed)
+    assert scrubbed["vars"]["settings"] == "Settings(webhook_signing_key='[Filtered]')"

@@ -516,3 +516,17 @@ def test_export_completed_for_unknown_export_ignored(
     assert (
         "no run waits on export exp_not_ours" in (tmp_path / "worker.log").read_text()
     )
+
+
+def test_connection_without_request_closed(env: dict[str, str], tmp_path: Path) -> None:
+    with running_web(env, tmp_path, "--header-timeout", "0.5") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as idle:
+            started = time.monotonic()
+            received = idle.recv(1024)
+            waited = time.monotonic() - started
+        response = server.post(email_sent(1))
+
+    assert received == b""
+    assert waited < 5
+    assert response.status_code == 202

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -20,8 +24,10 @@ from processor.state import FAILED, PROCESSING, WAITING, FileRunStore, Run, new_
 from processor.watchdog import sweep_slots
 from processor.webhooks import deliveries, sign, verify
 from processor.webhooks.actors import WebhookActors
+from processor.webhooks.app import WEBHOOK_PATH, WebhookApp
 from processor.webhooks.receiver import DELIVERY_PREFIX, OUTCOMES_KEY, Receiver
 from processor.webhooks.schedule import DUE_KEY, Schedule, format_delay
+from processor.webhooks.server import AcceptErrorFilter
 
 KEY = "whsec_test"
 BODY = b'{"id":"ext_evt_1","event_type":"email.sent","data":{}}'
@@ -81,7 +87,7 @@ def test_delivery_parsed() -> None:
 
     assert delivery.id == "ext_evt_1"
     assert delivery.event_type == "email.sent"
-    assert delivery.data == {}
+    assert delivery.data == deliveries.DeliveryData()
 
 
 @pytest.mark.parametrize(
@@ -122,19 +128,23 @@ def test_delivery_rejected(body: bytes, status: int, reason: str) -> None:
     ],
 )
 def test_export_id_variants(data: dict[str, Any]) -> None:
-    assert deliveries.export_id(data) == "exp_1"
+    assert deliveries.export_id(data_of(data)) == "exp_1"
 
 
 def test_export_id_missing() -> None:
-    assert deliveries.export_id({"status": "ready"}) is None
-    assert deliveries.export_id({"export_id": 12}) is None
+    assert deliveries.export_id(data_of({"status": "ready"})) is None
+    assert deliveries.export_id(data_of({"export_id": 12})) is None
 
 
 def test_newsletter_and_reason() -> None:
-    assert deliveries.newsletter_id({"newsletter": "nl_1"}) == "nl_1"
-    assert deliveries.newsletter_id({"newsletter": {"id": "nl_2"}}) == "nl_2"
-    assert deliveries.failure_reason({"error": " disk\n full "}) == "disk full"
-    assert deliveries.failure_reason({"error": ""}) is None
+    assert deliveries.newsletter_id(data_of({"newsletter": "nl_1"})) == "nl_1"
+    assert deliveries.newsletter_id(data_of({"newsletter": {"id": "nl_2"}})) == "nl_2"
+    assert deliveries.failure_reason(data_of({"error": " disk\n full "})) == "disk full"
+    assert deliveries.failure_reason(data_of({"error": ""})) is None
+
+
+def data_of(data: dict[str, Any]) -> deliveries.DeliveryData:
+    return msgspec.convert(data, deliveries.DeliveryData)
 
 
 # Settings
@@ -187,42 +197,53 @@ def schedule() -> Schedule:
 
 def test_burst_coalesced_into_one_slot_per_delay(schedule: Schedule) -> None:
     start = time.time()
-    opened = schedule.join("ext_evt_0", start)
+    opened = schedule.join("ext_evt_0", start).opened
     for number in range(1, 50):
-        assert schedule.join(f"ext_evt_{number}", start + number) == []
+        assert schedule.join(f"ext_evt_{number}", start + number).opened == []
 
     pending = schedule.pending()
 
-    assert opened is not None
     assert [slot.delay for slot in opened] == [60.0, 3600.0]
     assert [slot.deliveries for slot in pending] == [50, 50]
     assert [slot.due for slot in pending] == [start + 49 + 60, start + 49 + 3600]
 
 
 def test_repeated_delivery_joins_once(schedule: Schedule) -> None:
-    schedule.join("ext_evt_0", time.time())
+    first = schedule.join("ext_evt_0", time.time())
 
     again = schedule.join("ext_evt_0", time.time())
 
-    assert again is None
+    assert first.first_time is True
+    assert again.first_time is False
     assert [slot.deliveries for slot in schedule.pending()] == [1, 1]
+    assert [slot.slot_id for slot in again.opened] == [
+        slot.slot_id for slot in first.opened
+    ]
+
+
+def test_repeated_delivery_skips_fired_slots(schedule: Schedule) -> None:
+    start = time.time() - 120
+    first = schedule.join("ext_evt_0", start)
+    schedule.fire(first.opened[0].slot_id)
+
+    again = schedule.join("ext_evt_0", start)
+
+    assert [slot.delay for slot in again.opened] == [3600.0]
 
 
 def test_request_outside_window_opens_slot(schedule: Schedule) -> None:
     start = time.time()
     schedule.join("ext_evt_0", start)
 
-    opened = schedule.join("ext_evt_1", start + 601)
+    opened = schedule.join("ext_evt_1", start + 601).opened
 
-    assert opened is not None
     assert len(opened) == 2
     assert len(schedule.pending()) == 4
 
 
 def test_slot_waits_until_due(schedule: Schedule) -> None:
     start = time.time()
-    opened = schedule.join("ext_evt_0", start)
-    assert opened is not None
+    opened = schedule.join("ext_evt_0", start).opened
 
     decision = schedule.fire(opened[0].slot_id, now=start + 30)
 
@@ -232,8 +253,7 @@ def test_slot_waits_until_due(schedule: Schedule) -> None:
 
 def test_slot_fires_once_with_one_run_id(schedule: Schedule) -> None:
     start = time.time()
-    opened = schedule.join("ext_evt_0", start)
-    assert opened is not None
+    opened = schedule.join("ext_evt_0", start).opened
     slot_id = opened[0].slot_id
 
     first = schedule.fire(slot_id, now=start + 61)
@@ -249,11 +269,10 @@ def test_slot_fires_once_with_one_run_id(schedule: Schedule) -> None:
 
 def test_request_after_firing_opens_slot(schedule: Schedule) -> None:
     start = time.time()
-    opened = schedule.join("ext_evt_0", start)
-    assert opened is not None
+    opened = schedule.join("ext_evt_0", start).opened
     schedule.fire(opened[0].slot_id, now=start + 61)
 
-    later = schedule.join("ext_evt_1", start + 62)
+    later = schedule.join("ext_evt_1", start + 62).opened
 
     assert later is not None
     assert [slot.delay for slot in later] == [60.0]
@@ -261,8 +280,7 @@ def test_request_after_firing_opens_slot(schedule: Schedule) -> None:
 
 def test_started_slot_leaves_due_list(schedule: Schedule) -> None:
     start = time.time() - 120
-    opened = schedule.join("ext_evt_0", start)
-    assert opened is not None
+    opened = schedule.join("ext_evt_0", start).opened
     slot_id = opened[0].slot_id
     schedule.fire(slot_id)
 
@@ -276,8 +294,7 @@ def test_started_slot_leaves_due_list(schedule: Schedule) -> None:
 
 def test_postpone_only_once_per_check(schedule: Schedule) -> None:
     start = time.time() - 120
-    opened = schedule.join("ext_evt_0", start)
-    assert opened is not None
+    opened = schedule.join("ext_evt_0", start).opened
     slot_id = opened[0].slot_id
     schedule.fire(slot_id)
 
@@ -360,6 +377,20 @@ def test_receiver_replay_is_duplicate() -> None:
     assert len(route.sent) == 1
     ttl = client.ttl(f"{DELIVERY_PREFIX}ext_evt_1")
     assert 86000 < ttl <= 86400
+
+
+def test_receiver_pending_claim_is_unavailable() -> None:
+    route = Recorder()
+    client = fakeredis.FakeRedis()
+    client.set(f"{DELIVERY_PREFIX}ext_evt_1", "pending", ex=60)
+    body, header = signed({"id": "ext_evt_1", "event_type": "email.sent", "data": {}})
+
+    with pytest.raises(BrokerUnavailable) as caught:
+        receiver_for(client, route).receive(body, header)
+
+    assert caught.value.status == 503
+    assert caught.value.delivery_id == "ext_evt_1"
+    assert route.sent == []
 
 
 @pytest.mark.parametrize(
@@ -487,6 +518,11 @@ def test_due_slot_waits_for_run_in_flight(
 ) -> None:
     webhooks, broker = actors
     in_flight = webhooks.pipeline.start_run(started_by="processor trigger")
+
+    def requested_earlier(run: Run) -> None:
+        run.created_at -= timedelta(seconds=300)
+
+    webhooks.store.update(in_flight.run_id, requested_earlier)
     webhooks._route("ext_evt_1", "email.sent", time.time() - 120, "em_1", None)
     slot = webhooks.schedule.pending()[0]
 
@@ -570,3 +606,161 @@ def test_watchdog_resends_overdue_slot(
     assert len(resent) == 1
     fires = messages(broker, "processor.DQ")
     assert [message.args for message in fires] == [(resent[0],)]
+
+
+# The ASGI application, called directly
+
+
+def call_app(
+    app: WebhookApp, messages: list[dict[str, Any]], **scope: Any
+) -> dict[str, Any]:
+    """Call ``app`` with one HTTP request; return the status and JSON body."""
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request = {"type": "http", "method": "POST", "path": WEBHOOK_PATH, "headers": []}
+    request.update(scope)
+    asyncio.run(app(request, receive, send))
+    return {"status": sent[0]["status"], "body": json.loads(sent[1]["body"])}
+
+
+def test_app_slow_body_times_out() -> None:
+    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), Recorder()), body_timeout=0.2)
+
+    response = call_app(
+        app, [{"type": "http.request", "body": b"{", "more_body": True}]
+    )
+
+    assert response["status"] == 408
+    assert "0.2 seconds" in response["body"]["error"]
+
+
+def test_app_streamed_body_over_limit() -> None:
+    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), Recorder()), max_body=10)
+    chunks = [{"type": "http.request", "body": b"123456", "more_body": True}] * 2
+
+    response = call_app(app, chunks)
+
+    assert response["status"] == 413
+
+
+def test_app_repeated_signature_header() -> None:
+    route = Recorder()
+    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), route))
+    body, header = signed({"id": "ext_evt_1", "event_type": "email.sent", "data": {}})
+    headers = [(b"x-buttondown-signature", header)] * 2
+
+    response = call_app(app, [{"type": "http.request", "body": body}], headers=headers)
+
+    assert response["status"] == 401
+    assert "more than one" in response["body"]["error"]
+    assert route.sent == []
+
+
+def test_app_invalid_content_length() -> None:
+    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), Recorder()))
+
+    response = call_app(app, [], headers=[(b"content-length", b"ten")])
+
+    assert response["status"] == 400
+
+
+def test_redelivered_route_resends_fire(
+    actors: tuple[WebhookActors, StubBroker],
+) -> None:
+    webhooks, broker = actors
+    received = time.time()
+    webhooks._route("ext_evt_1", "email.sent", received, "em_1", None)
+    broker.flush_all()
+
+    webhooks._route("ext_evt_1", "email.sent", received, "em_1", None)
+
+    fires = messages(broker, "processor.DQ")
+    assert sorted(message.args[0] for message in fires) == sorted(
+        slot.slot_id for slot in webhooks.schedule.pending()
+    )
+    assert [slot.deliveries for slot in webhooks.schedule.pending()] == [1, 1]
+
+
+def test_slot_covered_by_later_run(actors: tuple[WebhookActors, StubBroker]) -> None:
+    webhooks, _ = actors
+    webhooks._route("ext_evt_1", "email.sent", time.time() - 120, "em_1", None)
+    slot = webhooks.schedule.pending()[0]
+    later = webhooks.pipeline.start_run(started_by="processor trigger")
+
+    webhooks._fire(slot.slot_id)
+
+    assert [run.run_id for run in webhooks.store.recent()] == [later.run_id]
+    assert slot.slot_id not in [s.slot_id for s in webhooks.schedule.pending()]
+
+
+def test_signing_key_with_control_character_rejected() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"BUTTONDOWN_WEBHOOK_SIGNING_KEY": "key\x07end"})
+
+    assert "BUTTONDOWN_WEBHOOK_SIGNING_KEY" in str(caught.value)
+    assert "key\x07end" not in str(caught.value)
+
+
+def test_signing_key_with_surrogate_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="not UTF-8"):
+        Settings.from_env({"BUTTONDOWN_WEBHOOK_SIGNING_KEY": "key\udcff"})
+
+
+def test_deeply_nested_delivery_rejected() -> None:
+    data = b"[" * 5000 + b"]" * 5000
+    body = b'{"id": "e1", "event_type": "email.sent", "data": {"x": ' + data + b"}}"
+
+    with pytest.raises(WebhookRejected) as caught:
+        deliveries.parse_delivery(body)
+
+    assert caught.value.status == 400
+
+
+def test_app_body_budget_answers_503() -> None:
+    route = Recorder()
+    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), route), max_buffered=100)
+    body, header = signed({"id": "ext_evt_1", "event_type": "email.sent", "data": {}})
+    request = [{"type": "http.request", "body": body}]
+    headers = [(b"x-buttondown-signature", header)]
+
+    over = call_app(
+        WebhookApp(receiver_for(fakeredis.FakeRedis(), route), max_buffered=10),
+        request,
+        headers=headers,
+    )
+    within = call_app(app, request, headers=headers)
+
+    assert over["status"] == 503
+    assert over["body"] == {"error": "server busy; retry later"}
+    assert within["status"] == 202
+    assert app.buffered == 0
+    assert len(route.sent) == 1
+
+
+def test_accept_errors_logged_once_per_interval() -> None:
+    accept_filter = AcceptErrorFilter(interval=60)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, "", 0, message, None, None)
+
+    first = accept_filter.filter(record("socket.accept() out of system resource"))
+    repeats = [
+        accept_filter.filter(record("socket.accept() out of system resource"))
+        for _ in range(100)
+    ]
+    other = accept_filter.filter(record("Task exception was never retrieved"))
+
+    assert first is True
+    assert not any(repeats)
+    assert accept_filter.dropped == 100
+    assert other is True

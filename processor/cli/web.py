@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # Seconds each Redis command of the web process may take, so a request while
 # Redis is unreachable gets its 503 quickly.
 WEB_REDIS_TIMEOUT = 2.0
+# Seconds each Redis command of a one-off command may take before it fails.
+COMMAND_REDIS_TIMEOUT = 10.0
 
 
 @cli.command()
@@ -47,11 +49,31 @@ WEB_REDIS_TIMEOUT = 2.0
     "BUTTONDOWN_WEBHOOK_SIGNING_KEY is unset. Anyone who can reach the URL can "
     "then start runs, so use it only on a private network.",
 )
-def web(host: str, port: int, allow_unsigned: bool) -> None:
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Open connections beyond which requests get 503.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new connection has to send its request headers before "
+    "it is closed.",
+)
+def web(
+    host: str,
+    port: int,
+    allow_unsigned: bool,
+    max_connections: int,
+    header_timeout: float,
+) -> None:
     """Serve the webhook endpoint that starts runs from Buttondown's events."""
-    import uvicorn
-
     from processor.sentry import init_sentry
+    from processor.webhooks.server import serve
 
     settings = _redis_settings("web")
     key = settings.webhook_signing_key
@@ -80,18 +102,14 @@ def web(host: str, port: int, allow_unsigned: bool) -> None:
         HEALTH_PATH,
     )
 
-    config = uvicorn.Config(
-        WebhookApp(receiver),
-        host=host,
-        port=port,
-        lifespan="off",
-        # The app logs one line per delivery; uvicorn's access log would repeat it.
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
     try:
-        uvicorn.Server(config).run()
+        serve(
+            WebhookApp(receiver),
+            host,
+            port,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+        )
     finally:
         app.close()
 
@@ -101,7 +119,7 @@ def web(host: str, port: int, allow_unsigned: bool) -> None:
 def webhooks(as_json: bool) -> None:
     """Show the runs scheduled by email.sent and the delivery counts."""
     settings = _redis_settings("webhooks")
-    with App(settings) as app:
+    with App(settings, redis_timeout=COMMAND_REDIS_TIMEOUT) as app:
         assert app.redis is not None and app.webhooks is not None
         slots = app.webhooks.schedule.pending()
         types = _counts(app.redis.hgetall(TYPES_KEY))
@@ -120,9 +138,10 @@ def webhooks(as_json: bool) -> None:
     now = time.time()
     for slot in slots:
         due = datetime.fromtimestamp(slot.due, UTC).isoformat(timespec="seconds")
+        deliveries = "delivery" if slot.deliveries == 1 else "deliveries"
         line = (
             f"  {slot.slot_id}  due {due} (in {max(slot.due - now, 0):,.0f} s), "
-            f"{format_delay(slot.delay)} after the send, {slot.deliveries} deliveries"
+            f"{format_delay(slot.delay)} after the send, {slot.deliveries} {deliveries}"
         )
         if slot.run_id:
             line += f"; run {slot.run_id} starts once the run in flight finishes"

@@ -37,7 +37,9 @@ def trigger(as_json: bool) -> None:
     """Enqueue a run for the workers and print its run id."""
     settings = _redis_settings("trigger")
 
-    with App(settings) as app:
+    # A Redis that accepts connections but never answers fails the command
+    # after this many seconds per request instead of hanging it.
+    with App(settings, redis_timeout=10.0) as app:
         run = app.actors.start_run(started_by="processor trigger")
 
     if as_json:

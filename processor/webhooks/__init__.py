@@ -4,6 +4,7 @@ signature   HMAC-SHA256 of the body in ``X-Buttondown-Signature``
 deliveries  the delivery body, decoded and checked
 receiver    verify, deduplicate by delivery id, enqueue (web process)
 app         the ASGI application served by ``processor web``
+server      uvicorn with deadlines and limits on connections
 actors      route deliveries and start scheduled runs (workers)
 schedule    the slots that coalesce ``email.sent`` bursts into runs
 """

@@ -103,13 +103,21 @@ class WebhookActors:
     def _schedule_runs(
         self, delivery_id: str, received_at: float, email_id: str | None
     ) -> None:
-        opened = self.schedule.join(delivery_id, received_at)
-        if opened is None:
-            logger.info("Webhook delivery %s was scheduled before.", delivery_id)
-            return
-
-        for slot in opened:
+        joined = self.schedule.join(delivery_id, received_at)
+        # A redelivered message sends the fire messages of the slots its
+        # first attempt opened again, in case that attempt died before it
+        # sent them. A slot fires once however many messages it gets.
+        for slot in joined.opened:
             self.send_fire(slot.slot_id, slot.due - time.time())
+
+        if not joined.first_time:
+            logger.info(
+                "Webhook delivery %s was scheduled before; sent the fire "
+                "messages of its %d unfired slots again.",
+                delivery_id,
+                len(joined.opened),
+            )
+            return
         delays = ", ".join(format_delay(delay) for delay in self.schedule.delays)
         logger.info(
             "Webhook delivery %s (email.sent, email %s) scheduled runs %s after "
@@ -117,7 +125,7 @@ class WebhookActors:
             delivery_id,
             email_id or "unknown",
             delays,
-            len(opened),
+            len(joined.opened),
         )
 
     def _fire(self, slot_id: str) -> None:
@@ -139,6 +147,17 @@ class WebhookActors:
         if run.run_id == slot.run_id:
             self.schedule.started(slot_id)
             logger.info("Slot %s started run %s (%s).", slot_id, run.run_id, started_by)
+            return
+
+        if run.created_at.timestamp() >= slot.due:
+            # That run requested its export after the slot was due, so it
+            # has every event the slot's run would have.
+            self.schedule.started(slot_id)
+            logger.info(
+                "Slot %s is covered by run %s, started after the slot was due.",
+                slot_id,
+                run.run_id,
+            )
             return
 
         # The run in flight requested its export before this slot was due,

@@ -17,11 +17,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import msgspec
 
-from processor.errors import WebhookError, WebhookRejected
+from processor.errors import BrokerUnavailable, WebhookError, WebhookRejected
 from processor.webhooks.receiver import Receipt, Receiver
 from processor.webhooks.signature import SIGNATURE_HEADER
 
@@ -32,10 +33,15 @@ HEALTH_PATH = "/healthz"
 
 # Buttondown sends payloads of up to 10 MB; 10 MiB leaves room for all of them.
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# Bytes of request bodies held in memory at once, across all requests: room
+# for 12 bodies of the largest size.
+MAX_BUFFERED_BYTES = 12 * MAX_BODY_BYTES
 # Seconds a client has to send the whole body.
 BODY_TIMEOUT = 30.0
 # Seconds after which Buttondown may send a delivery again after a 503.
 RETRY_AFTER_SECONDS = 60
+# Threads that verify, record and enqueue deliveries.
+RECEIVER_THREADS = 32
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,6 +49,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _SIGNATURE_NAME = SIGNATURE_HEADER.lower().encode()
+
+T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
@@ -52,9 +60,25 @@ class ClientDisconnected(Exception):
 class WebhookApp:
     """ASGI application that receives Buttondown's webhook deliveries."""
 
-    def __init__(self, receiver: Receiver, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        max_body: int = MAX_BODY_BYTES,
+        body_timeout: float = BODY_TIMEOUT,
+        max_buffered: int = MAX_BUFFERED_BYTES,
+    ) -> None:
         self.receiver = receiver
         self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.max_buffered = max_buffered
+        # Bytes of request bodies read and not yet handled, across requests.
+        # Only the event loop's thread changes it.
+        self.buffered = 0
+        # Its own threads, so that requests waiting on a slow Redis do not
+        # take the threads of asyncio's default executor.
+        self.executor = ThreadPoolExecutor(
+            max_workers=RECEIVER_THREADS, thread_name_prefix="webhook"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,28 +100,48 @@ class WebhookApp:
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        held = [0]
         try:
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(scope, receive, held)
             signature = _signature_header(scope)
-            receipt = await asyncio.to_thread(self.receiver.receive, body, signature)
+            receipt = await self._in_thread(self.receiver.receive, body, signature)
         except ClientDisconnected:
             _log(Receipt(499, "disconnected"), started)
             return
         except WebhookError as error:
-            outcome = "unavailable" if error.status == 503 else "rejected"
-            receipt = Receipt(error.status, outcome, reason=error.reason)
-            if outcome == "rejected":
-                await asyncio.to_thread(self.receiver.count, outcome)
+            # Rejections are not counted in Redis, so that a flood of bad
+            # requests costs no Redis round trips; their log lines remain.
+            receipt = Receipt(
+                error.status,
+                "unavailable" if error.status == 503 else "rejected",
+                error.delivery_id,
+                error.event_type,
+                error.reason,
+            )
         except Exception:
             logger.exception("Webhook delivery failed with an unexpected error.")
             receipt = Receipt(500, "error", reason="internal error")
+        finally:
+            self.buffered -= held[0]
 
         _log(receipt, started)
         await _respond(
             send, receipt.status, _response_body(receipt), **_headers(receipt)
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, function, *args)
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, held: list[int]
+    ) -> bytes:
+        """Read the request body, counting its bytes in ``held[0]``.
+
+        Raises ``BrokerUnavailable`` (503) when the bodies held by all
+        requests would pass ``max_buffered``, so that a flood of large
+        bodies is answered with retries instead of filling memory.
+        """
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
             raise _too_large(self.max_body)
@@ -105,14 +149,14 @@ class WebhookApp:
         chunks: list[bytes] = []
         size = 0
         more = True
-        deadline = time.monotonic() + BODY_TIMEOUT
+        deadline = time.monotonic() + self.body_timeout
         while more:
             remaining = deadline - time.monotonic()
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(remaining, 0))
             except TimeoutError:
                 raise WebhookRejected(
-                    408, f"body not received within {BODY_TIMEOUT:g} seconds"
+                    408, f"body not received within {self.body_timeout:g} seconds"
                 ) from None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
@@ -121,12 +165,16 @@ class WebhookApp:
             size += len(chunk)
             if size > self.max_body:
                 raise _too_large(self.max_body)
+            if self.buffered + len(chunk) > self.max_buffered:
+                raise BrokerUnavailable("server busy; retry later")
+            self.buffered += len(chunk)
+            held[0] += len(chunk)
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
 
     async def _health(self, send: Send) -> None:
-        if await asyncio.to_thread(self.receiver.healthy):
+        if await self._in_thread(self.receiver.healthy):
             await _respond(send, 200, {"status": "ok"})
         else:
             await _respond(
@@ -175,7 +223,7 @@ def _headers(receipt: Receipt) -> dict[str, str]:
 
 def _log(receipt: Receipt, started: float) -> None:
     milliseconds = (time.perf_counter() - started) * 1000
-    fields = {
+    fields: dict[str, Any] = {
         "delivery_id": receipt.delivery_id or "-",
         "event_type": receipt.event_type or "-",
         "outcome": receipt.outcome,
@@ -184,6 +232,7 @@ def _log(receipt: Receipt, started: float) -> None:
     }
     text = " ".join(f"{name}={value}" for name, value in fields.items())
     if receipt.reason:
+        fields["reason"] = receipt.reason
         text += f' reason="{receipt.reason}"'
     level = logging.WARNING if receipt.status >= 400 else logging.INFO
     logger.log(level, "Webhook delivery: %s", text, extra={"webhook": fields})

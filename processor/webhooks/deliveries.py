@@ -24,12 +24,32 @@ MAX_ID_LENGTH = 200
 MAX_REASON_LENGTH = 500
 
 
+class DeliveryData(msgspec.Struct, frozen=True):
+    """The fields of a delivery's ``data`` that the processor reads.
+
+    Every other field is skipped while decoding, so a large ``data`` object
+    costs no memory beyond the body itself.
+    """
+
+    id: Any = None
+    export_id: Any = None
+    export: Any = None
+    email_id: Any = None
+    email: Any = None
+    newsletter_id: Any = None
+    newsletter: Any = None
+    error: Any = None
+    reason: Any = None
+    detail: Any = None
+    message: Any = None
+
+
 class Delivery(msgspec.Struct, frozen=True):
     """One webhook delivery as Buttondown sends it."""
 
     id: str
     event_type: str
-    data: dict[str, Any]
+    data: DeliveryData
 
 
 _decoder = msgspec.json.Decoder(Delivery)
@@ -43,6 +63,8 @@ def parse_delivery(body: bytes) -> Delivery:
         raise WebhookRejected(422, f"invalid delivery: {error}") from None
     except msgspec.DecodeError:
         raise WebhookRejected(400, "body is not valid JSON") from None
+    except RecursionError:
+        raise WebhookRejected(400, "body is nested too deeply") from None
 
     for field, value in (("id", delivery.id), ("event_type", delivery.event_type)):
         if not is_plain_id(value):
@@ -63,37 +85,35 @@ def is_plain_id(value: object) -> bool:
     )
 
 
-def export_id(data: dict[str, Any]) -> str | None:
+def export_id(data: DeliveryData) -> str | None:
     """Return the export id of an ``export.*`` delivery's data, or None."""
-    return _object_id(data, "export")
+    return _object_id(data.export_id, data.export, data.id)
 
 
-def email_id(data: dict[str, Any]) -> str | None:
+def email_id(data: DeliveryData) -> str | None:
     """Return the email id of an ``email.*`` delivery's data, or None."""
-    return _object_id(data, "email")
+    return _object_id(data.email_id, data.email, data.id)
 
 
-def newsletter_id(data: dict[str, Any]) -> str | None:
+def newsletter_id(data: DeliveryData) -> str | None:
     """Return the newsletter id that multi-newsletter accounts add, or None."""
-    value = data.get("newsletter_id", data.get("newsletter"))
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if is_plain_id(value) else None
+    return _object_id(data.newsletter_id, data.newsletter, None)
 
 
-def failure_reason(data: dict[str, Any]) -> str | None:
+def failure_reason(data: DeliveryData) -> str | None:
     """Return the reason an ``export.failed`` delivery gives, cut to 500 characters."""
-    for name in ("error", "reason", "detail", "message"):
-        value = data.get(name)
+    for value in (data.error, data.reason, data.detail, data.message):
         if isinstance(value, str) and value.strip():
             return " ".join(value.split())[:MAX_REASON_LENGTH]
     return None
 
 
-def _object_id(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(f"{name}_id", data.get(name))
+def _object_id(named_id: Any, named: Any, fallback: Any) -> str | None:
+    """Return the first id among ``named_id``, ``named`` or its ``id``, and
+    ``fallback``, that is a plain id."""
+    value = named_id if named_id is not None else named
     if isinstance(value, dict):
         value = value.get("id")
     if value is None:
-        value = data.get("id")
+        value = fallback
     return value if is_plain_id(value) else None

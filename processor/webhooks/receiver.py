@@ -83,13 +83,16 @@ class Receiver:
         received_at = time.time()
 
         ignored = self._ignored_because(delivery)
-        claimed = self._claim(delivery.id)
-        if not claimed:
-            self.count(DUPLICATE)
-            return Receipt(200, DUPLICATE, delivery.id, delivery.event_type)
-
-        if ignored is None:
-            self._enqueue(delivery, received_at)
+        try:
+            claimed = self._claim(delivery.id)
+            if not claimed:
+                return self._repeated(delivery)
+            if ignored is None:
+                self._enqueue(delivery, received_at)
+        except BrokerUnavailable as error:
+            error.delivery_id = delivery.id
+            error.event_type = delivery.event_type
+            raise
         self._mark_accepted(delivery)
 
         if ignored is not None:
@@ -125,6 +128,25 @@ class Receiver:
         if is_export and deliveries.export_id(delivery.data) is None:
             return "no export id in data"
         return None
+
+    def _repeated(self, delivery: Delivery) -> Receipt:
+        """Return the receipt of a delivery whose id was claimed before.
+
+        A claim still pending belongs to a copy in progress, or to one that
+        failed with a 503 while Redis was failing. This copy gets a 503 too,
+        so Buttondown sends it again instead of losing it.
+        """
+        key = f"{DELIVERY_PREFIX}{delivery.id}"
+        try:
+            state = self.client.get(key)
+        except redis.RedisError as error:
+            logger.warning("Reading webhook delivery %s failed: %s", delivery.id, error)
+            raise BrokerUnavailable() from None
+        if state != ACCEPTED.encode():
+            raise BrokerUnavailable("delivery in progress; retry later")
+
+        self.count(DUPLICATE)
+        return Receipt(200, DUPLICATE, delivery.id, delivery.event_type)
 
     def _claim(self, delivery_id: str) -> bool:
         try:

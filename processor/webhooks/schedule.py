@@ -14,7 +14,8 @@ The slots live in Redis:
     processor:webhook:slot:<slot id>   the slot as JSON, kept a week once fired
     processor:webhook:due              ids of slots whose run has not started,
                                        scored by due time
-    processor:webhook:routed:<id>      marks a delivery as already scheduled
+    processor:webhook:routed:<id>      marks a delivery as scheduled, with the
+                                       ids of the slots it opened
 
 Every change is one Redis transaction, so a request and the firing of the
 slot it joins never interleave: the request either joins before the slot
@@ -58,6 +59,14 @@ class Slot(msgspec.Struct, kw_only=True):
     fired_at: float | None = None
 
 
+class JoinResult(msgspec.Struct):
+    """The outcome of ``Schedule.join`` for one delivery."""
+
+    first_time: bool
+    # Slots that need a fire message: those the delivery opened.
+    opened: list[Slot] = msgspec.field(default_factory=list)
+
+
 class FireDecision(msgspec.Struct):
     """What a fire message for a slot does: nothing, wait, or start a run."""
 
@@ -93,24 +102,26 @@ class Schedule:
         self.window = window
         self.routed_seconds = routed_seconds
 
-    def join(self, delivery_id: str, received_at: float) -> list[Slot] | None:
+    def join(self, delivery_id: str, received_at: float) -> JoinResult:
         """Add an ``email.sent`` request to a slot per delay.
 
-        Returns the slots that this request opened, which need a fire
-        message, or None when the delivery had been scheduled before.
+        The result lists the slots that this request opened, which need a
+        fire message. For a delivery that was scheduled before, as when a
+        worker died before it sent those messages, it lists the slots the
+        delivery opened then that have not fired yet.
         """
         routed = f"{ROUTED_PREFIX}{delivery_id}"
         open_keys = [_open_key(delay) for delay in self.delays]
-        opened: list[Slot] = []
-        seen = False
+        result = JoinResult(first_time=True)
 
         def apply(pipe: Any) -> None:
-            nonlocal seen
-            opened.clear()
-            seen = bool(pipe.exists(routed))
-            if seen:
+            nonlocal result
+            earlier = pipe.get(routed)
+            if earlier is not None:
+                result = JoinResult(False, self._unfired(pipe, earlier))
                 return
 
+            result = JoinResult(first_time=True)
             changed = []
             for delay in self.delays:
                 requested = received_at + delay
@@ -129,19 +140,29 @@ class Schedule:
                         first_due=requested,
                         due=requested,
                     )
-                    opened.append(slot)
+                    result.opened.append(slot)
                 changed.append(slot)
 
             pipe.multi()
             for slot in changed:
                 pipe.set(_slot_key(slot.slot_id), _encoder.encode(slot))
                 pipe.zadd(DUE_KEY, {slot.slot_id: slot.due})
-            for slot in opened:
+            for slot in result.opened:
                 pipe.set(_open_key(slot.delay), slot.slot_id)
-            pipe.set(routed, "1", ex=int(self.routed_seconds))
+            opened_ids = " ".join(slot.slot_id for slot in result.opened)
+            pipe.set(routed, opened_ids, ex=int(self.routed_seconds))
 
         self.client.transaction(apply, routed, *open_keys)
-        return None if seen else opened
+        return result
+
+    def _unfired(self, pipe: Any, slot_ids: bytes) -> list[Slot]:
+        slots = []
+        for slot_id in slot_ids.decode().split():
+            raw = pipe.get(_slot_key(slot_id))
+            slot = None if raw is None else _decoder.decode(raw)
+            if slot is not None and slot.run_id is None:
+                slots.append(slot)
+        return slots
 
     def fire(self, slot_id: str, now: float | None = None) -> FireDecision:
         """Close slot ``slot_id`` when it is due, choosing its run id.
