@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean crash-trials bench
+.PHONY: install demo test lint format clean crash-trials bench bench-webhooks
 
 install: $(STAMP)
 
@@ -64,3 +64,10 @@ $(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/parse_bench.py --events $(BENCH_EVENTS) \
 		--large $(BENCH_LARGE) --repeat $(BENCH_REPEAT)
+
+# Webhook benchmark: latency of processor web per kind of delivery, against
+# GET /healthz in the same run. It starts its own redis-server.
+WEBHOOK_REQUESTS ?= 2000
+
+bench-webhooks: $(STAMP)
+	$(BIN)/python bench/webhook_bench.py --requests $(WEBHOOK_REQUESTS)

@@ -1,4 +1,4 @@
-"""The parser benchmark runs end to end on a small file."""
+"""The benchmarks run end to end on small inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "parse_bench.py"
+WEBHOOK_BENCH = BENCH.with_name("webhook_bench.py")
 
 
 def test_benchmark_small_run(tmp_path: Path) -> None:
@@ -36,3 +37,19 @@ def test_benchmark_small_run(tmp_path: Path) -> None:
     assert any(line.startswith("inflate ") for line in lines)
     assert "processor at 5,000 events" in result.stdout
     assert "peak RSS <= 64 MiB at 5,000 events" in result.stdout
+
+
+def test_webhook_benchmark_small_run() -> None:
+    result = subprocess.run(
+        [sys.executable, str(WEBHOOK_BENCH), "--requests", "40", "--clients", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for case in ("healthz", "accepted", "duplicate", "rejected", "large (1 MiB)"):
+        assert any(line.startswith(case) for line in lines), case
+    assert "deliveries/s" in lines[-1]
