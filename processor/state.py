@@ -399,8 +399,16 @@ def _text(value: bytes) -> str:
     return value.decode()
 
 
-def store_for(settings: Settings) -> RunStore:
-    """Return the run store that ``settings`` select: Redis, or local files."""
+def store_for(settings: Settings, redis_timeout: float | None = None) -> RunStore:
+    """Return the run store that ``settings`` select: Redis, or local files.
+
+    ``redis_timeout`` bounds each Redis command in seconds.
+    """
     if settings.redis_url is None:
         return FileRunStore(settings.state_dir / "runs")
-    return RedisRunStore(redis.Redis.from_url(settings.redis_url))
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=redis_timeout,
+        socket_connect_timeout=redis_timeout,
+    )
+    return RedisRunStore(client)

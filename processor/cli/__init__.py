@@ -23,6 +23,13 @@ def main() -> None:
     except ConfigurationError as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(2)
+    except redis.TimeoutError as error:
+        click.echo(
+            f"Error: Redis at REDIS_URL did not answer in time ({error}); check "
+            "that REDIS_URL names a Redis server and that it is not overloaded.",
+            err=True,
+        )
+        sys.exit(1)
     except redis.ConnectionError as error:
         click.echo(
             f"Error: Redis at REDIS_URL is unreachable ({error}); start it, fix "

@@ -10,6 +10,10 @@ from processor.config import Settings
 from processor.report import record_text
 from processor.state import store_for
 
+# Seconds each Redis command may take, so that a Redis that accepts
+# connections but never answers fails the command instead of hanging it.
+REDIS_TIMEOUT = 10.0
+
 
 @cli.group(invoke_without_command=True)
 @click.option(
@@ -26,7 +30,7 @@ def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
 
-    recent = store_for(Settings.from_env()).recent(limit)
+    recent = store_for(Settings.from_env(), REDIS_TIMEOUT).recent(limit)
     if as_json:
         click.echo(msgspec.json.encode(recent).decode())
         return
@@ -42,7 +46,7 @@ def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show one run: status, export id, counts and last error."""
-    run = store_for(Settings.from_env()).get(run_id)
+    run = store_for(Settings.from_env(), REDIS_TIMEOUT).get(run_id)
     if run is None:
         raise click.ClickException(
             f"no run has the id {run_id!r}; `processor runs` lists recent ones."
