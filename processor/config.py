@@ -103,7 +103,7 @@ class Settings:
             plugin_attempts=_count(env, "PROCESSOR_PLUGIN_RETRIES", 4, minimum=1),
             plugin_stall_after=_seconds(env, "PROCESSOR_PLUGIN_TIMEOUT", 60.0),
             plugin_config_file=_config_file(env),
-            webhook_signing_key=_signing_key(env),
+            webhook_signing_key=_optional(env, "BUTTONDOWN_WEBHOOK_SIGNING_KEY"),
             webhook_run_delays=_durations(
                 env, "PROCESSOR_WEBHOOK_RUN_DELAYS", DEFAULT_WEBHOOK_RUN_DELAYS
             ),
@@ -237,16 +237,18 @@ def _durations(
     return tuple(sorted(durations))
 
 
-def _signing_key(env: Mapping[str, str]) -> str | None:
-    value = _optional(env, "BUTTONDOWN_WEBHOOK_SIGNING_KEY")
-    if value is None:
-        return None
+def check_signing_key(key: str) -> None:
+    """Raise ``ConfigurationError`` unless ``key`` can key an HMAC.
+
+    Only ``processor web`` uses the key, so only it checks the key, and a
+    stray character stops no other command.
+    """
     try:
-        value.encode("utf-8")
+        key.encode("utf-8")
     except UnicodeEncodeError:
         usable = False
     else:
-        usable = value.isprintable()
+        usable = key.isprintable()
     if not usable:
         # The key is secret, so its value is not shown.
         raise ConfigurationError(
@@ -254,7 +256,6 @@ def _signing_key(env: Mapping[str, str]) -> str | None:
             "bytes that are not UTF-8; copy the signing key from the webhook's "
             "settings in Buttondown again, without stray characters."
         )
-    return value
 
 
 def _dedupe_window(env: Mapping[str, str]) -> float:

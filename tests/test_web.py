@@ -523,10 +523,21 @@ def test_connection_without_request_closed(env: dict[str, str], tmp_path: Path) 
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as idle:
             started = time.monotonic()
-            received = idle.recv(1024)
-            waited = time.monotonic() - started
+            idle_received = idle.recv(1024)
+            idle_waited = time.monotonic() - started
+
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = slow.recv(65536)
+            slow.sendall(b"POST /webhooks/buttondown HTTP/1.1\r\n")
+            started = time.monotonic()
+            slow_received = slow.recv(1024)
+            slow_waited = time.monotonic() - started
         response = server.post(email_sent(1))
 
-    assert received == b""
-    assert waited < 5
+    assert idle_received == b""
+    assert idle_waited < 5
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert slow_received == b""
+    assert slow_waited < 5
     assert response.status_code == 202

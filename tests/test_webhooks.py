@@ -18,13 +18,13 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from processor.actors import PipelineActors
-from processor.config import Settings
+from processor.config import Settings, check_signing_key
 from processor.errors import BrokerUnavailable, ConfigurationError, WebhookRejected
 from processor.state import FAILED, PROCESSING, WAITING, FileRunStore, Run, new_run_id
 from processor.watchdog import sweep_slots
 from processor.webhooks import deliveries, sign, verify
 from processor.webhooks.actors import WebhookActors
-from processor.webhooks.app import WEBHOOK_PATH, WebhookApp
+from processor.webhooks.app import WEBHOOK_PATH, BodyBudget, WebhookApp
 from processor.webhooks.receiver import DELIVERY_PREFIX, OUTCOMES_KEY, Receiver
 from processor.webhooks.schedule import DUE_KEY, Schedule, format_delay
 from processor.webhooks.server import AcceptErrorFilter
@@ -630,7 +630,11 @@ def call_app(
     request = {"type": "http", "method": "POST", "path": WEBHOOK_PATH, "headers": []}
     request.update(scope)
     asyncio.run(app(request, receive, send))
-    return {"status": sent[0]["status"], "body": json.loads(sent[1]["body"])}
+    return {
+        "status": sent[0]["status"],
+        "headers": dict(sent[0]["headers"]),
+        "body": json.loads(sent[1]["body"]),
+    }
 
 
 def test_app_slow_body_times_out() -> None:
@@ -642,6 +646,7 @@ def test_app_slow_body_times_out() -> None:
 
     assert response["status"] == 408
     assert "0.2 seconds" in response["body"]["error"]
+    assert response["headers"][b"connection"] == b"close"
 
 
 def test_app_streamed_body_over_limit() -> None:
@@ -705,7 +710,7 @@ def test_slot_covered_by_later_run(actors: tuple[WebhookActors, StubBroker]) -> 
 
 def test_signing_key_with_control_character_rejected() -> None:
     with pytest.raises(ConfigurationError) as caught:
-        Settings.from_env({"BUTTONDOWN_WEBHOOK_SIGNING_KEY": "key\x07end"})
+        check_signing_key("key\x07end")
 
     assert "BUTTONDOWN_WEBHOOK_SIGNING_KEY" in str(caught.value)
     assert "key\x07end" not in str(caught.value)
@@ -713,7 +718,13 @@ def test_signing_key_with_control_character_rejected() -> None:
 
 def test_signing_key_with_surrogate_rejected() -> None:
     with pytest.raises(ConfigurationError, match="not UTF-8"):
-        Settings.from_env({"BUTTONDOWN_WEBHOOK_SIGNING_KEY": "key\udcff"})
+        check_signing_key("key\udcff")
+
+
+def test_signing_key_checked_only_by_web() -> None:
+    settings = Settings.from_env({"BUTTONDOWN_WEBHOOK_SIGNING_KEY": "key\x07end"})
+
+    assert settings.webhook_signing_key == "key\x07end"
 
 
 def test_deeply_nested_delivery_rejected() -> None:
@@ -728,23 +739,38 @@ def test_deeply_nested_delivery_rejected() -> None:
 
 def test_app_body_budget_answers_503() -> None:
     route = Recorder()
-    app = WebhookApp(receiver_for(fakeredis.FakeRedis(), route), max_buffered=100)
+    receiver = receiver_for(fakeredis.FakeRedis(), route)
     body, header = signed({"id": "ext_evt_1", "event_type": "email.sent", "data": {}})
     request = [{"type": "http.request", "body": body}]
     headers = [(b"x-buttondown-signature", header)]
+    full = BodyBudget(small_limit=10, large_limit=10, small_size=5)
+    app = WebhookApp(receiver, budget=BodyBudget(small_limit=100))
 
-    over = call_app(
-        WebhookApp(receiver_for(fakeredis.FakeRedis(), route), max_buffered=10),
-        request,
-        headers=headers,
-    )
+    over = call_app(WebhookApp(receiver, budget=full), request, headers=headers)
     within = call_app(app, request, headers=headers)
 
     assert over["status"] == 503
     assert over["body"] == {"error": "server busy; retry later"}
+    assert over["headers"][b"retry-after"] == b"60"
+    assert over["headers"][b"connection"] == b"close"
     assert within["status"] == 202
-    assert app.buffered == 0
+    assert (app.budget.small, app.budget.large) == (0, 0)
     assert len(route.sent) == 1
+
+
+def test_budget_large_bodies_leave_small_pool() -> None:
+    budget = BodyBudget(small_limit=100, large_limit=1000, small_size=10)
+
+    stalled = [budget.take(0, 10) and budget.take(10, 490) for _ in range(2)]
+    third_large = budget.take(0, 10) and budget.take(10, 490)
+    small = budget.take(0, 10)
+
+    assert stalled == [True, True]
+    assert third_large is False
+    assert small is True
+    assert (budget.small, budget.large) == (40, 980)
+    budget.give_back(500)
+    assert (budget.small, budget.large) == (30, 490)
 
 
 def test_accept_errors_logged_once_per_interval() -> None:

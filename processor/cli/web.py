@@ -13,6 +13,7 @@ import msgspec
 from processor.app import App
 from processor.cli import cli
 from processor.cli.workers import _redis_settings
+from processor.config import check_signing_key
 from processor.errors import ConfigurationError
 from processor.webhooks.app import HEALTH_PATH, WEBHOOK_PATH, WebhookApp
 from processor.webhooks.receiver import OUTCOMES_KEY, TYPES_KEY, Receiver
@@ -52,9 +53,9 @@ COMMAND_REDIS_TIMEOUT = 10.0
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Open connections beyond which requests get 503.",
+    default=None,
+    help="Answer requests with 503 while this many connections are open. "
+    "[default: no limit but the process's file descriptors]",
 )
 @click.option(
     "--header-timeout",
@@ -68,7 +69,7 @@ def web(
     host: str,
     port: int,
     allow_unsigned: bool,
-    max_connections: int,
+    max_connections: int | None,
     header_timeout: float,
 ) -> None:
     """Serve the webhook endpoint that starts runs from Buttondown's events."""
@@ -77,7 +78,9 @@ def web(
 
     settings = _redis_settings("web")
     key = settings.webhook_signing_key
-    if key is None and not allow_unsigned:
+    if key is not None:
+        check_signing_key(key)
+    elif not allow_unsigned:
         raise ConfigurationError(
             "BUTTONDOWN_WEBHOOK_SIGNING_KEY is not set, so deliveries cannot be "
             "verified; copy the signing key of the webhook from Buttondown's "

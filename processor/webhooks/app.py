@@ -33,9 +33,14 @@ HEALTH_PATH = "/healthz"
 
 # Buttondown sends payloads of up to 10 MB; 10 MiB leaves room for all of them.
 MAX_BODY_BYTES = 10 * 1024 * 1024
-# Bytes of request bodies held in memory at once, across all requests: room
-# for 12 bodies of the largest size.
-MAX_BUFFERED_BYTES = 12 * MAX_BODY_BYTES
+# Bytes of request bodies held in memory at once, across all requests. The
+# first SMALL_BODY_BYTES of each body count against the small pool and the
+# rest against the large one, so that clients stalling large bodies cannot
+# hold up the small deliveries Buttondown sends. The large pool has room
+# for 12 bodies of the largest size, the small one for 1,024 small bodies.
+SMALL_BODY_BYTES = 64 * 1024
+MAX_SMALL_BUFFERED = 1024 * SMALL_BODY_BYTES
+MAX_LARGE_BUFFERED = 12 * MAX_BODY_BYTES
 # Seconds a client has to send the whole body.
 BODY_TIMEOUT = 30.0
 # Seconds after which Buttondown may send a delivery again after a 503.
@@ -57,6 +62,54 @@ class ClientDisconnected(Exception):
     """The client closed the connection before the body was complete."""
 
 
+class BodyBudget:
+    """Bytes of request bodies held in memory, in a small and a large pool.
+
+    Only the event loop's thread uses it, so it needs no lock.
+    """
+
+    def __init__(
+        self,
+        small_limit: int = MAX_SMALL_BUFFERED,
+        large_limit: int = MAX_LARGE_BUFFERED,
+        small_size: int = SMALL_BODY_BYTES,
+    ) -> None:
+        self.small_limit = small_limit
+        self.large_limit = large_limit
+        self.small_size = small_size
+        self.small = 0
+        self.large = 0
+
+    def take(self, held: int, size: int) -> bool:
+        """Add ``size`` bytes to a body holding ``held``; return whether they fit."""
+        small, large = self._split(held, size)
+        if self.small + small > self.small_limit:
+            return False
+        if self.large + large > self.large_limit:
+            return False
+        self.small += small
+        self.large += large
+        return True
+
+    def give_back(self, held: int) -> None:
+        """Release the ``held`` bytes of a finished body."""
+        small, large = self._split(0, held)
+        self.small -= small
+        self.large -= large
+
+    def _split(self, held: int, size: int) -> tuple[int, int]:
+        small = max(0, min(size, self.small_size - held))
+        return small, size - small
+
+
+class Body:
+    """A request body as it is read: its bytes, and whether all arrived."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.complete = False
+
+
 class WebhookApp:
     """ASGI application that receives Buttondown's webhook deliveries."""
 
@@ -65,15 +118,12 @@ class WebhookApp:
         receiver: Receiver,
         max_body: int = MAX_BODY_BYTES,
         body_timeout: float = BODY_TIMEOUT,
-        max_buffered: int = MAX_BUFFERED_BYTES,
+        budget: BodyBudget | None = None,
     ) -> None:
         self.receiver = receiver
         self.max_body = max_body
         self.body_timeout = body_timeout
-        self.max_buffered = max_buffered
-        # Bytes of request bodies read and not yet handled, across requests.
-        # Only the event loop's thread changes it.
-        self.buffered = 0
+        self.budget = budget or BodyBudget()
         # Its own threads, so that requests waiting on a slow Redis do not
         # take the threads of asyncio's default executor.
         self.executor = ThreadPoolExecutor(
@@ -100,11 +150,11 @@ class WebhookApp:
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        held = [0]
+        body = Body()
         try:
-            body = await self._read_body(scope, receive, held)
+            await self._read_body(scope, receive, body)
             signature = _signature_header(scope)
-            receipt = await self._in_thread(self.receiver.receive, body, signature)
+            receipt = await self._in_thread(self.receiver.receive, body.data, signature)
         except ClientDisconnected:
             _log(Receipt(499, "disconnected"), started)
             return
@@ -122,32 +172,31 @@ class WebhookApp:
             logger.exception("Webhook delivery failed with an unexpected error.")
             receipt = Receipt(500, "error", reason="internal error")
         finally:
-            self.buffered -= held[0]
+            self.budget.give_back(len(body.data))
 
         _log(receipt, started)
-        await _respond(
-            send, receipt.status, _response_body(receipt), **_headers(receipt)
-        )
+        headers = _headers(receipt)
+        if not body.complete:
+            # The rest of the body is not read, so the connection cannot be
+            # reused, and a client trickling it must not keep it open.
+            headers["connection"] = "close"
+        await _respond(send, receipt.status, _response_body(receipt), **headers)
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, function, *args)
 
-    async def _read_body(
-        self, scope: Scope, receive: Receive, held: list[int]
-    ) -> bytes:
-        """Read the request body, counting its bytes in ``held[0]``.
+    async def _read_body(self, scope: Scope, receive: Receive, body: Body) -> None:
+        """Read the request body into ``body``, within the budget.
 
-        Raises ``BrokerUnavailable`` (503) when the bodies held by all
-        requests would pass ``max_buffered``, so that a flood of large
-        bodies is answered with retries instead of filling memory.
+        Raises ``BrokerUnavailable`` (503) when the body does not fit in the
+        budget, so that a flood of bodies is answered with retries instead of
+        filling memory.
         """
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
             raise _too_large(self.max_body)
 
-        chunks: list[bytes] = []
-        size = 0
         more = True
         deadline = time.monotonic() + self.body_timeout
         while more:
@@ -162,16 +211,13 @@ class WebhookApp:
                 raise ClientDisconnected
 
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
+            if len(body.data) + len(chunk) > self.max_body:
                 raise _too_large(self.max_body)
-            if self.buffered + len(chunk) > self.max_buffered:
+            if not self.budget.take(len(body.data), len(chunk)):
                 raise BrokerUnavailable("server busy; retry later")
-            self.buffered += len(chunk)
-            held[0] += len(chunk)
-            chunks.append(chunk)
+            body.data += chunk
             more = message.get("more_body", False)
-        return b"".join(chunks)
+        body.complete = True
 
     async def _health(self, send: Send) -> None:
         if await self._in_thread(self.receiver.healthy):
@@ -215,9 +261,6 @@ def _response_body(receipt: Receipt) -> dict[str, Any]:
 def _headers(receipt: Receipt) -> dict[str, str]:
     if receipt.status == 503:
         return {"retry_after": str(RETRY_AFTER_SECONDS)}
-    if receipt.status == 413:
-        # The rest of the body is not read, so the connection cannot be reused.
-        return {"connection": "close"}
     return {}
 
 

@@ -55,7 +55,7 @@ class Delivery(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(Delivery)
 
 
-def parse_delivery(body: bytes) -> Delivery:
+def parse_delivery(body: bytes | bytearray) -> Delivery:
     """Decode and check a delivery; raise ``WebhookRejected`` when it is invalid."""
     try:
         delivery = _decoder.decode(body)

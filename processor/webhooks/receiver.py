@@ -75,7 +75,7 @@ class Receiver:
         self.route = route
         self.signing_key = signing_key
 
-    def receive(self, body: bytes, signature: bytes | None) -> Receipt:
+    def receive(self, body: bytes | bytearray, signature: bytes | None) -> Receipt:
         """Handle one delivery; raise ``WebhookError`` for a 4xx or 503."""
         if self.signing_key is not None:
             verify(body, signature, self.signing_key)

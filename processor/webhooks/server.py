@@ -1,17 +1,18 @@
 """Serving the webhook application with uvicorn, with limits on connections.
 
-uvicorn closes a keep-alive connection that idles after a response, but not
-one that never completes its first request's headers (uvicorn 0.55). So
-``HeaderDeadlineProtocol`` closes a connection whose request line and
-headers have not arrived ``HEADER_TIMEOUT`` seconds after it opened. With
-``limit_concurrency``, requests beyond ``max_connections`` open connections
-get 503 at once. When the process runs out of file descriptors, asyncio
-logs every failed accept with a traceback; ``AcceptErrorFilter`` lets one
-such record through per minute.
+uvicorn 0.55 closes a keep-alive connection that sends nothing after a
+response, but not one that never completes a request's headers, whether
+it sends nothing or trickles them a byte at a time. ``HeaderDeadlineProtocol``
+closes a connection whose request headers have not arrived
+``HEADER_TIMEOUT`` seconds after it opened or after its last response.
+With ``max_connections`` set, uvicorn answers requests with 503 once that
+many connections are open. When the process runs out of file descriptors,
+asyncio logs every failed accept with a traceback, so ``AcceptErrorFilter``
+lets one such record through per minute.
 
-NOTE: a client that sends a first request in time can still hold its
-connection open by trickling the headers of a second one. A reverse proxy
-or a platform router in front of the server bounds that.
+NOTE: many clients that each hold a connection can still use up the file
+descriptors or the connection limit. A reverse proxy or a platform router
+in front of the server bounds that.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds a new connection has to send its first request's headers.
 HEADER_TIMEOUT = 10.0
-# Open connections beyond which requests get 503.
-MAX_CONNECTIONS = 1000
 ACCEPT_ERROR_INTERVAL = 60.0
 
 
@@ -38,16 +37,36 @@ class HeaderDeadlineProtocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, closing connections with no request in time."""
 
     header_timeout = HEADER_TIMEOUT
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        self.loop.call_later(self.header_timeout, self._close_without_request)
+        self._start_deadline()
 
-    def _close_without_request(self) -> None:
-        # uvicorn sets ``cycle``, typed as never None, once a request's
-        # headers are complete.
-        cycle: object | None = self.cycle
-        if cycle is None and not self.transport.is_closing():
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._start_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A pending timer would keep this protocol and its buffers alive.
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def _start_deadline(self) -> None:
+        self._cancel_deadline()
+        # uvicorn sets a new ``cycle`` once a request's headers are complete.
+        self._deadline = self.loop.call_later(
+            self.header_timeout, self._close_without_request, self.cycle
+        )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _close_without_request(self, cycle: object) -> None:
+        self._deadline = None
+        if self.cycle is cycle and not self.transport.is_closing():
             self.transport.close()
 
 
@@ -83,7 +102,7 @@ def serve(
     host: str,
     port: int,
     *,
-    max_connections: int = MAX_CONNECTIONS,
+    max_connections: int | None = None,
     header_timeout: float = HEADER_TIMEOUT,
 ) -> None:
     """Serve ``app`` on ``host`` and ``port`` until SIGINT or SIGTERM."""

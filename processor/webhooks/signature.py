@@ -21,13 +21,13 @@ _HEX_DIGITS = frozenset(string.hexdigits)
 _HEX_LENGTH = hashlib.sha256().digest_size * 2
 
 
-def sign(body: bytes, key: str) -> str:
+def sign(body: bytes | bytearray, key: str) -> str:
     """Return the ``X-Buttondown-Signature`` value for ``body`` under ``key``."""
     digest = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
     return f"{SCHEME}{digest}"
 
 
-def verify(body: bytes, header: bytes | None, key: str) -> None:
+def verify(body: bytes | bytearray, header: bytes | None, key: str) -> None:
     """Raise ``WebhookRejected`` (401) unless ``header`` signs ``body``.
 
     ``header`` holds the raw bytes of the header, as the server received
