@@ -316,7 +316,9 @@ def test_routes_and_methods(web: Web) -> None:
     assert httpx.get(web.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(web.url + WEBHOOK).status_code == 405
     assert httpx.post(web.url + "/healthz").status_code == 405
-    assert httpx.get(web.url + "/other").status_code == 404
+    not_found = httpx.get(web.url + "/other")
+    assert not_found.status_code == 404
+    assert not_found.headers["connection"] == "close"
 
 
 # Start-up
@@ -541,3 +543,26 @@ def test_connection_without_request_closed(env: dict[str, str], tmp_path: Path) 
     assert slow_received == b""
     assert slow_waited < 5
     assert response.status_code == 202
+
+
+def test_pipelined_request_not_cut_off(env: dict[str, str], tmp_path: Path) -> None:
+    body = msgspec.json.encode(email_sent(1))
+    second = (
+        b"POST /webhooks/buttondown HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+        b"X-Buttondown-Signature: " + sign(body, KEY).encode() + b"\r\n\r\n"
+    )
+    first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    with running_web(env, tmp_path, "--header-timeout", "0.5") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as client:
+            client.sendall(first + second + body[:10])
+            time.sleep(1.5)
+            client.sendall(body[10:])
+            replies = b""
+            while replies.count(b"HTTP/1.1 ") < 2 and (chunk := client.recv(65536)):
+                replies += chunk
+
+    assert replies.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 202 " in replies

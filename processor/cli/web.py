@@ -54,16 +54,17 @@ COMMAND_REDIS_TIMEOUT = 10.0
     "--max-connections",
     type=click.IntRange(min=1),
     default=None,
-    help="Answer requests with 503 while this many connections are open. "
-    "[default: no limit but the process's file descriptors]",
+    help="Answer requests with 503 while this many connections, the "
+    "request's own included, are open. [default: no limit but the process's "
+    "file descriptors]",
 )
 @click.option(
     "--header-timeout",
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="Seconds a new connection has to send its request headers before "
-    "it is closed.",
+    help="Seconds a connection has to send a request's headers, after it "
+    "opens or after its last response, before it is closed.",
 )
 def web(
     host: str,

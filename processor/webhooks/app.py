@@ -134,19 +134,29 @@ class WebhookApp:
         if scope["type"] != "http":
             return
 
+        # Responses that leave a body unread close the connection, so that
+        # uvicorn does not go on reading it.
         path, method = scope["path"], scope["method"]
         if path == WEBHOOK_PATH:
             if method != "POST":
-                await _respond(send, 405, {"error": "use POST"}, allow="POST")
+                await _respond(
+                    send, 405, {"error": "use POST"}, allow="POST", connection="close"
+                )
                 return
             await self._deliver(scope, receive, send)
         elif path == HEALTH_PATH:
             if method not in ("GET", "HEAD"):
-                await _respond(send, 405, {"error": "use GET"}, allow="GET, HEAD")
+                await _respond(
+                    send,
+                    405,
+                    {"error": "use GET"},
+                    allow="GET, HEAD",
+                    connection="close",
+                )
                 return
             await self._health(send)
         else:
-            await _respond(send, 404, {"error": "not found"})
+            await _respond(send, 404, {"error": "not found"}, connection="close")
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

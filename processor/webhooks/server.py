@@ -28,7 +28,8 @@ from processor.webhooks.app import WebhookApp
 
 logger = logging.getLogger(__name__)
 
-# Seconds a new connection has to send its first request's headers.
+# Seconds a connection has to send a request's headers, after it opens and
+# after each response.
 HEADER_TIMEOUT = 10.0
 ACCEPT_ERROR_INTERVAL = 60.0
 
@@ -41,22 +42,25 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        self._start_deadline()
+        self._start_deadline(None)
 
     def on_response_complete(self) -> None:
+        finished = self.cycle
+        # uvicorn starts the cycle of a pipelined request in this call.
         super().on_response_complete()
-        self._start_deadline()
+        self._start_deadline(finished)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A pending timer would keep this protocol and its buffers alive.
         self._cancel_deadline()
         super().connection_lost(exc)
 
-    def _start_deadline(self) -> None:
+    def _start_deadline(self, finished: object) -> None:
+        """Close the connection in ``header_timeout`` seconds unless a request
+        after the ``finished`` one (None before the first) has begun."""
         self._cancel_deadline()
-        # uvicorn sets a new ``cycle`` once a request's headers are complete.
         self._deadline = self.loop.call_later(
-            self.header_timeout, self._close_without_request, self.cycle
+            self.header_timeout, self._close_without_request, finished
         )
 
     def _cancel_deadline(self) -> None:
@@ -64,9 +68,10 @@ class HeaderDeadlineProtocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _close_without_request(self, cycle: object) -> None:
+    def _close_without_request(self, finished: object) -> None:
         self._deadline = None
-        if self.cycle is cycle and not self.transport.is_closing():
+        # uvicorn sets a new ``cycle`` once a request's headers are complete.
+        if self.cycle is finished and not self.transport.is_closing():
             self.transport.close()
 
 
