@@ -7,7 +7,7 @@ then times requests over one keep-alive connection:
   an HTTP round trip through the server that also reaches Redis;
 - accepted: a signed ``email.sent`` delivery with a new id, which is
   verified, decoded, claimed, enqueued and marked accepted;
-- duplicate: the same delivery again, answered from the claim;
+- duplicate: the same delivery again, which gets 200 from its claim;
 - rejected: a delivery with a wrong signature, which never reaches Redis;
 - large: accepted deliveries with a ``data`` field of about 1 MiB.
 

@@ -37,7 +37,7 @@ class App:
     """The broker, store and actors built from one ``Settings``.
 
     On Redis, ``redis_timeout`` bounds each Redis command in seconds, so a
-    process that must answer quickly, such as the web server, fails fast
+    process that must respond quickly, such as the web server, fails fast
     while Redis is unreachable. Workers leave it unset.
     """
 

@@ -132,14 +132,14 @@ def queued(redis_url: str) -> int:
     return int(redis.Redis.from_url(redis_url).hlen(QUEUED_MESSAGES))
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(check: Callable[[], Any], timeout: float, description: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+    pytest.fail(f"timed out after {timeout:g} s waiting for {description}")
 
 
 def processor_json(env: dict[str, str], cwd: Path, *args: str) -> Any:

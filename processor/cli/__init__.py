@@ -25,8 +25,9 @@ def main() -> None:
         sys.exit(2)
     except redis.TimeoutError as error:
         click.echo(
-            f"Error: Redis at REDIS_URL did not answer in time ({error}); check "
-            "that REDIS_URL names a Redis server and that it is not overloaded.",
+            f"Error: Redis at REDIS_URL did not respond within the timeout "
+            f"({error}); check that REDIS_URL names a Redis server and that it "
+            "is not overloaded.",
             err=True,
         )
         sys.exit(1)

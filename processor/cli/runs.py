@@ -11,7 +11,7 @@ from processor.report import record_text
 from processor.state import store_for
 
 # Seconds each Redis command may take, so that a Redis that accepts
-# connections but never answers fails the command instead of hanging it.
+# connections but never responds fails the command instead of hanging it.
 REDIS_TIMEOUT = 10.0
 
 

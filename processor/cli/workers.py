@@ -37,7 +37,7 @@ def trigger(as_json: bool) -> None:
     """Enqueue a run for the workers and print its run id."""
     settings = _redis_settings("trigger")
 
-    # A Redis that accepts connections but never answers fails the command
+    # A Redis that accepts connections but never responds fails the command
     # after this many seconds per request instead of hanging it.
     with App(settings, redis_timeout=10.0) as app:
         run = app.actors.start_run(started_by="processor trigger")

@@ -7,7 +7,7 @@
       export.failed          fail the waiting run with the reason
 
 The web process only records a delivery and enqueues ``webhook``, so that it
-answers Buttondown within milliseconds. Each actor is safe to run twice for
+responds to Buttondown within milliseconds. Each actor is safe to run twice for
 the same message, because dramatiq delivers at least once.
 """
 
@@ -190,8 +190,8 @@ class WebhookActors:
             return
 
         # The poll with the chain's current attempt number checks the export
-        # at once and hands the run to processing; the delayed copy of that
-        # poll is dropped as stale when it arrives.
+        # at once and hands the run to processing. The delayed copy of that
+        # poll is then dropped as stale when it arrives.
         self.pipeline.poll.send(run.run_id, run.poll_attempt)
         logger.info(
             "Webhook delivery %s: export %s completed; run %s polls it now.",

@@ -3,7 +3,7 @@
 Routes:
 
     POST /webhooks/buttondown   receive one delivery (``Receiver.receive``)
-    GET  /healthz               200 while Redis answers, else 503
+    GET  /healthz               200 while Redis responds, else 503
 
 The body is read here, up to ``MAX_BODY_BYTES``; everything else runs in a
 worker thread, so hashing or decoding a large body never stalls other
@@ -80,9 +80,13 @@ class BodyBudget:
         self.small = 0
         self.large = 0
 
-    def take(self, held: int, size: int) -> bool:
-        """Add ``size`` bytes to a body holding ``held``; return whether they fit."""
-        small, large = self._split(held, size)
+    def take(self, already_read: int, size: int) -> bool:
+        """Add ``size`` bytes to a body of ``already_read`` bytes.
+
+        Returns whether they fit in the pools. Nothing is added when they
+        do not.
+        """
+        small, large = self._split(already_read, size)
         if self.small + small > self.small_limit:
             return False
         if self.large + large > self.large_limit:
@@ -91,14 +95,14 @@ class BodyBudget:
         self.large += large
         return True
 
-    def give_back(self, held: int) -> None:
-        """Release the ``held`` bytes of a finished body."""
-        small, large = self._split(0, held)
+    def give_back(self, size: int) -> None:
+        """Release the ``size`` bytes of a finished body."""
+        small, large = self._split(0, size)
         self.small -= small
         self.large -= large
 
-    def _split(self, held: int, size: int) -> tuple[int, int]:
-        small = max(0, min(size, self.small_size - held))
+    def _split(self, already_read: int, size: int) -> tuple[int, int]:
+        small = max(0, min(size, self.small_size - already_read))
         return small, size - small
 
 
@@ -200,7 +204,7 @@ class WebhookApp:
         """Read the request body into ``body``, within the budget.
 
         Raises ``BrokerUnavailable`` (503) when the body does not fit in the
-        budget, so that a flood of bodies is answered with retries instead of
+        budget, so that a flood of bodies gets responses Buttondown retries instead of
         filling memory.
         """
         declared = _content_length(scope)

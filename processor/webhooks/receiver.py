@@ -1,12 +1,12 @@
 """The receiving end of webhook deliveries: verify, record, enqueue.
 
 ``Receiver.receive`` does the whole job of one request in a few Redis
-round trips, so the web server can answer within milliseconds:
+round trips, so the web server can respond within milliseconds:
 
 1. check the signature against the raw body;
 2. decode the body and check ``id``, ``event_type`` and ``data``;
 3. claim the delivery id with ``SET NX``, so a replayed delivery is
-   answered 200 and does nothing;
+   gets 200 and does nothing;
 4. enqueue the ``webhook`` actor for the types the workers act on;
 5. mark the id accepted for ``PROCESSOR_WEBHOOK_DEDUPE_WINDOW`` seconds.
 
@@ -109,7 +109,7 @@ class Receiver:
             logger.debug("Counting webhook outcome %s failed: %s", outcome, error)
 
     def healthy(self) -> bool:
-        """Return whether Redis answers, so deliveries can be recorded."""
+        """Return whether Redis responds, so deliveries can be recorded."""
         try:
             return bool(self.client.ping())
         except redis.RedisError:

@@ -68,7 +68,7 @@ class JoinResult(msgspec.Struct):
 
 
 class FireDecision(msgspec.Struct):
-    """What a fire message for a slot does: nothing, wait, or start a run."""
+    """The action a fire message takes for a slot: drop, wait, or start a run."""
 
     action: str  # "drop", "wait" or "start"
     slot: Slot | None = None

@@ -5,7 +5,7 @@ response, but not one that never completes a request's headers, whether
 it sends nothing or trickles them a byte at a time. ``HeaderDeadlineProtocol``
 closes a connection whose request headers have not arrived
 ``HEADER_TIMEOUT`` seconds after it opened or after its last response.
-With ``max_connections`` set, uvicorn answers requests with 503 once that
+With ``max_connections`` set, uvicorn responds to requests with 503 once that
 many connections are open. When the process runs out of file descriptors,
 asyncio logs every failed accept with a traceback, so ``AcceptErrorFilter``
 lets one such record through per minute.

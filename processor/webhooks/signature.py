@@ -3,8 +3,8 @@
 Buttondown signs each delivery with the webhook's signing key and sends
 ``X-Buttondown-Signature: sha256=<hex>``, where ``<hex>`` is the HMAC-SHA256
 of the raw request body. The header carries no timestamp, so a captured
-delivery stays valid; the receiver's deduplication by delivery id is what
-keeps a replay from doing anything twice.
+delivery stays valid. The receiver's deduplication by delivery id keeps a
+replay from doing anything twice.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def sign(body: bytes | bytearray, key: str) -> str:
 def verify(body: bytes | bytearray, header: bytes | None, key: str) -> None:
     """Raise ``WebhookRejected`` (401) unless ``header`` signs ``body``.
 
-    ``header`` holds the raw bytes of the header, as the server received
+    ``header`` contains the raw bytes of the header, as the server received
     them. The digest is compared in constant time.
     """
     if header is None:
